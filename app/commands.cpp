@@ -1,0 +1,195 @@
+#include "app/commands.h"
+
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <iostream>
+#include <map>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/experiment.h"
+#include "core/runner.h"
+#include "core/summary.h"
+#include "core/system.h"
+
+namespace sqlab {
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+namespace {
+
+// Parses a subcommand's arguments; returns false when --help was printed.
+bool parse_args(const std::string& command, const std::vector<std::string>& args,
+                po::options_description& options, const po::positional_options_description& positional,
+                const std::string& usage, po::variables_map& vm) {
+  options.add_options()("help,h", "show this help");
+  try {
+    po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw config_error(fmt::format("{}: {} (see `sqlab {} --help`)", command, e.what(), command));
+  }
+  if (vm.count("help")) {
+    std::cout << "usage: " << usage << "\n\n" << options;
+    return false;
+  }
+  return true;
+}
+
+std::string require_file(const po::variables_map& vm, const std::string& command) {
+  if (!vm.count("experiment"))
+    throw config_error(fmt::format("{}: missing EXPERIMENT.yaml (see `sqlab {} --help`)", command, command));
+  return vm["experiment"].as<std::string>();
+}
+
+std::vector<std::string> overrides_of(const po::variables_map& vm) {
+  return vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
+std::string point_text(const RunSpec& run) {
+  std::string text;
+  for (const auto& [key, value] : run.point) text += fmt::format(" {}={}", key, value);
+  return text;
+}
+
+void print_runs(const Experiment& ex) {
+  fmt::print("runs ({}):\n", ex.runs.size());
+  for (const auto& run : ex.runs)
+    fmt::print("  {}  label={} method={} seed={}{}\n", run.run_id, run.label, run.method, run.seed, point_text(run));
+}
+
+void validate(const Experiment& ex, const Registries& registries) {
+  for (const auto& run : ex.runs) prepare_run(ex, run, registries);
+}
+
+nlohmann::json run_json(const Experiment& ex) {
+  nlohmann::json runs = nlohmann::json::array();
+  for (const auto& run : ex.runs) {
+    nlohmann::json point = nlohmann::json::object();
+    for (const auto& [k, v] : run.point) point[k] = v;
+    runs.push_back({{"run_id", run.run_id}, {"label", run.label}, {"method", run.method},
+                    {"seed", run.seed}, {"point", point}});
+  }
+  return runs;
+}
+
+const std::vector<std::string> kTableMetrics = {"rel_output_error", "sqnr_db", "act_absmax", "act_kurtosis",
+                                                "build_seconds"};
+
+}  // namespace
+
+int command_run(const std::vector<std::string>& args, const Registries& registries) {
+  po::options_description options("options");
+  options.add_options()("experiment", po::value<std::string>(), "experiment YAML file")(
+      "set", po::value<std::vector<std::string>>()->composing(), "override a key: --set a.b.c=VALUE")(
+      "out", po::value<std::string>(), "results directory (default: the experiment's `output`)")(
+      "resume", po::bool_switch(), "skip runs whose file is complete")(
+      "dry-run", po::bool_switch(), "validate and list the runs, run nothing")(
+      "json", po::bool_switch(), "print a machine-readable summary on stdout");
+  po::positional_options_description positional;
+  positional.add("experiment", 1);
+  po::variables_map vm;
+  if (!parse_args("run", args, options, positional, "sqlab run EXPERIMENT.yaml [options]", vm)) return 0;
+
+  const Experiment ex = load_experiment(require_file(vm, "run"), overrides_of(vm));
+  const bool json = vm["json"].as<bool>();
+  if (vm["dry-run"].as<bool>()) {
+    validate(ex, registries);
+    if (json) fmt::print("{}\n", nlohmann::json{{"name", ex.name}, {"runs", run_json(ex)}}.dump(2));
+    else print_runs(ex);
+    return 0;
+  }
+  RunnerOptions runner;
+  runner.out_dir = vm.count("out") ? vm["out"].as<std::string>() : ex.output;
+  runner.resume = vm["resume"].as<bool>();
+  runner.progress = stderr_is_terminal();
+  const RunnerResult result = run_experiment(ex, registries, runner);
+  if (json) {
+    nlohmann::json j = summary_json(ex.name, result.rows, ex.swept_keys);
+    j["output"] = runner.out_dir;
+    j["exit_code"] = result.exit_code;
+    fmt::print("{}\n", j.dump(2));
+  } else {
+    fmt::print("results: {}\n\n{}", fs::absolute(runner.out_dir).lexically_normal().string(),
+               metrics_table(result.rows, kTableMetrics));
+  }
+  if (result.exit_code == 130) fmt::print(stderr, "sqlab: interrupted; completed runs are saved (use --resume)\n");
+  return result.exit_code;
+}
+
+int command_show(const std::vector<std::string>& args, const Registries& registries) {
+  po::options_description options("options");
+  options.add_options()("experiment", po::value<std::string>(), "experiment YAML file")(
+      "set", po::value<std::vector<std::string>>()->composing(), "override a key: --set a.b.c=VALUE");
+  po::positional_options_description positional;
+  positional.add("experiment", 1);
+  po::variables_map vm;
+  if (!parse_args("show", args, options, positional, "sqlab show EXPERIMENT.yaml [--set KEY=VALUE]...", vm)) return 0;
+  const Experiment ex = load_experiment(require_file(vm, "show"), overrides_of(vm));
+  validate(ex, registries);
+  YAML::Emitter out;
+  out << ex.resolved;
+  fmt::print("# resolved configuration of {}\n{}\n\n", ex.file, out.c_str());
+  print_runs(ex);
+  return 0;
+}
+
+namespace {
+
+// name -> (file, description) of the experiments in ./experiments and the installed ones.
+std::map<std::string, std::pair<std::string, std::string>> find_experiments() {
+  std::map<std::string, std::pair<std::string, std::string>> found;
+  for (const fs::path dir : {fs::path("experiments"), fs::path(SQLAB_SOURCE_DIR) / "experiments"}) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) continue;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      if (entry.path().extension() != ".yaml" || found.count(entry.path().stem().string())) continue;
+      std::string description;
+      try {
+        const YAML::Node doc = load_yaml_file(entry.path().string());
+        if (doc["description"]) description = doc["description"].as<std::string>();
+      } catch (const std::exception& e) {
+        description = "(unreadable: " + std::string(e.what()) + ")";
+      }
+      found[entry.path().stem().string()] = {entry.path().string(), description};
+    }
+  }
+  return found;
+}
+
+}  // namespace
+
+int command_list(const std::vector<std::string>& args, const Registries& registries) {
+  po::options_description options("options");
+  options.add_options()("what", po::value<std::string>(), "methods | datasets | experiments")(
+      "json", po::bool_switch(), "machine-readable output");
+  po::positional_options_description positional;
+  positional.add("what", 1);
+  po::variables_map vm;
+  if (!parse_args("list", args, options, positional, "sqlab list methods|datasets|experiments [--json]", vm)) return 0;
+  const std::string what = vm.count("what") ? vm["what"].as<std::string>() : "";
+  std::vector<std::pair<std::string, std::string>> items;  // name, description
+  if (what == "methods") {
+    for (const auto& e : registries.methods.entries()) items.emplace_back(e.name, e.description);
+  } else if (what == "datasets") {
+    for (const auto& e : registries.datasets.entries()) items.emplace_back(e.name, e.description);
+  } else if (what == "experiments") {
+    for (const auto& [name, info] : find_experiments()) items.emplace_back(name, info.second + "  [" + info.first + "]");
+  } else {
+    throw config_error(fmt::format("list: unknown category '{}' (valid: methods, datasets, experiments)", what));
+  }
+  if (vm["json"].as<bool>()) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& [name, description] : items) j.push_back({{"name", name}, {"description", description}});
+    fmt::print("{}\n", j.dump(2));
+    return 0;
+  }
+  size_t width = 0;
+  for (const auto& item : items) width = std::max(width, item.first.size());
+  for (const auto& [name, description] : items) fmt::print("{:<{}}  {}\n", name, width, description);
+  return 0;
+}
+
+}  // namespace sqlab

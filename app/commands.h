@@ -1,0 +1,15 @@
+// The sqlab subcommands. Each returns the process exit code (contract.md).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/registries.h"
+
+namespace sqlab {
+
+int command_run(const std::vector<std::string>& args, const Registries& registries);
+int command_show(const std::vector<std::string>& args, const Registries& registries);
+int command_list(const std::vector<std::string>& args, const Registries& registries);
+
+}  // namespace sqlab

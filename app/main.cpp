@@ -1,0 +1,77 @@
+// sqlab: the command line. The only place that wires core to the plugins.
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "app/commands.h"
+#include "core/error.h"
+#include "core/system.h"
+#include "datasets/builtin.h"
+#include "methods/builtin.h"
+
+namespace {
+
+const char* kUsage = R"(sqlab: rotation-based quantization experiments for LLMs
+
+usage:
+  sqlab run EXPERIMENT.yaml [--set KEY=VALUE]... [--out DIR] [--resume] [--dry-run] [--json]
+  sqlab show EXPERIMENT.yaml [--set KEY=VALUE]...
+  sqlab list methods|datasets|experiments [--json]
+  sqlab --help | --version
+
+exit codes: 0 all runs complete; 1 a run failed (the others ran and were saved);
+            2 usage or configuration error (nothing ran); 130 interrupted.
+Run `sqlab COMMAND --help` for a command's options.
+)";
+
+// OpenBLAS reads OPENBLAS_CORETYPE when the library loads, before main; a forced
+// Haswell kernel halves f32 matmul speed on newer CPUs (toolchain.md), so drop it
+// and start again.
+void reexec_without_coretype(char** argv) {
+  if (!std::getenv("OPENBLAS_CORETYPE") || std::getenv("SQLAB_KEEP_CORETYPE")) return;
+  unsetenv("OPENBLAS_CORETYPE");
+  execv("/proc/self/exe", argv);  // returns only on failure: carry on as we are
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  reexec_without_coretype(argv);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    fmt::print(args.empty() ? stderr : stdout, "{}", kUsage);
+    return args.empty() ? 2 : 0;
+  }
+  if (args[0] == "--version") {
+    fmt::print("sqlab {} ({})\n", SQLAB_VERSION, SQLAB_GIT_SHA);
+    return 0;
+  }
+  sqlab::configure_threads();
+  sqlab::install_interrupt_handlers();
+  sqlab::Registries registries;
+  sqlab::register_builtin_methods(registries.methods);
+  sqlab::register_builtin_datasets(registries.datasets);
+
+  const std::string command = args[0];
+  args.erase(args.begin());
+  try {
+    if (command == "run") return sqlab::command_run(args, registries);
+    if (command == "show") return sqlab::command_show(args, registries);
+    if (command == "list") return sqlab::command_list(args, registries);
+    fmt::print(stderr, "sqlab: unknown command '{}' (valid: run, show, list)\n\n{}", command, kUsage);
+    return 2;
+  } catch (const sqlab::Error& e) {
+    fmt::print(stderr, "sqlab: {}\n", e.what());
+    return e.kind() == sqlab::ErrorKind::config ? 2 : 1;
+  } catch (const c10::Error& e) {
+    fmt::print(stderr, "sqlab: {}\n", e.what_without_backtrace());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "sqlab: {}\n", e.what());
+    return 1;
+  }
+}

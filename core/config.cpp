@@ -1,0 +1,161 @@
+#include "core/config.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+
+namespace sqlab {
+
+YAML::Node load_yaml_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw config_error(fmt::format("{}: cannot open file", path));
+  try {
+    return YAML::Load(in);
+  } catch (const YAML::ParserException& e) {
+    throw config_error(fmt::format("{}:{}:{}: malformed YAML: {}", path, e.mark.line + 1,
+                                   e.mark.column + 1, e.msg));
+  }
+}
+
+YAML::Node parse_yaml_value(const std::string& text, const std::string& origin) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    throw config_error(fmt::format("{}: malformed YAML value '{}': {}", origin, text, e.msg));
+  }
+}
+
+YAML::Node clone_yaml(const YAML::Node& node) { return YAML::Clone(node); }
+
+std::string yaml_to_flow(const YAML::Node& node) {
+  if (!node || node.IsNull()) return "null";
+  YAML::Emitter out;
+  out << YAML::Flow << node;
+  return out.c_str();
+}
+
+std::vector<std::string> split_dotted(const std::string& dotted) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = dotted.find('.', start);
+    parts.push_back(dotted.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return parts;
+}
+
+YAML::Node find_labelled(const YAML::Node& list, const std::string& label) {
+  if (!list || !list.IsSequence()) return YAML::Node(YAML::NodeType::Undefined);
+  for (const auto& entry : list) {
+    if (!entry.IsMap()) continue;
+    const YAML::Node name = entry["label"] ? entry["label"] : entry["method"];
+    if (name && name.IsScalar() && name.Scalar() == label) return entry;
+  }
+  const bool is_index = !label.empty() && label.find_first_not_of("0123456789") == std::string::npos;
+  if (is_index && std::stoul(label) < list.size()) return list[std::stoul(label)];
+  return YAML::Node(YAML::NodeType::Undefined);
+}
+
+YAML::Mark locate_key(const YAML::Node& root, const std::string& dotted) {
+  // Node::reset, not operator=: assigning to a yaml-cpp node rewrites what it refers to.
+  YAML::Node node;
+  node.reset(root);
+  for (const std::string& part : split_dotted(dotted)) {
+    if (!node) return YAML::Mark::null_mark();
+    if (node.IsSequence()) node.reset(find_labelled(node, part));
+    else if (node.IsMap() && node[part]) node.reset(node[part]);
+    else return YAML::Mark::null_mark();
+  }
+  return node ? node.Mark() : YAML::Mark::null_mark();
+}
+
+ConfigReader::ConfigReader(YAML::Node node, std::string file, std::string path, YAML::Node origin)
+    : node_(node), file_(std::move(file)), path_(std::move(path)), origin_(origin) {
+  if (node_ && !node_.IsNull() && !node_.IsMap()) {
+    const YAML::Mark mark = origin_ ? locate_key(origin_, path_) : node_.Mark();
+    std::string where_text = file_;
+    if (!mark.is_null()) where_text += fmt::format(":{}:{}", mark.line + 1, mark.column + 1);
+    throw config_error(fmt::format("{}: {}: expected a mapping, got '{}'", where_text,
+                                   path_.empty() ? "(top level)" : path_, yaml_to_flow(node_)));
+  }
+}
+
+std::string ConfigReader::key_path(const std::string& key) const {
+  return path_.empty() ? key : path_ + "." + key;
+}
+
+bool ConfigReader::has(const std::string& key) const {
+  return node_ && node_.IsMap() && node_[key] && !node_[key].IsNull();
+}
+
+YAML::Node ConfigReader::lookup(const std::string& key) {
+  if (std::find(known_.begin(), known_.end(), key) == known_.end()) known_.push_back(key);
+  if (!has(key)) return YAML::Node(YAML::NodeType::Undefined);
+  return node_[key];
+}
+
+YAML::Node ConfigReader::raw(const std::string& key) { return lookup(key); }
+
+std::string ConfigReader::choice(const std::string& key, const std::string& fallback,
+                                 const std::vector<std::string>& choices) {
+  std::string value = get<std::string>(key, fallback);
+  if (std::find(choices.begin(), choices.end(), value) == choices.end())
+    fail(key, fmt::format("unknown value '{}' (valid: {})", value, fmt::join(choices, ", ")));
+  return value;
+}
+
+ConfigReader ConfigReader::child(const std::string& key) {
+  YAML::Node value = lookup(key);
+  if (value && !value.IsMap()) fail(key, "expected a mapping, got '" + yaml_to_flow(value) + "'");
+  return ConfigReader(value ? value : YAML::Node(), file_, key_path(key), origin_);
+}
+
+std::string ConfigReader::where(const std::string& key) const {
+  // Nodes copied by sweeps and --set carry zero marks, not null ones: take the line
+  // from the file's own document whenever there is one.
+  YAML::Mark mark = YAML::Mark::null_mark();
+  if (origin_) {
+    mark = locate_key(origin_, key_path(key));
+    if (mark.is_null()) mark = locate_key(origin_, path_);
+  } else if (has(key)) {
+    mark = node_[key].Mark();
+  } else if (node_) {
+    mark = node_.Mark();
+  }
+  std::string location = file_;
+  if (!mark.is_null()) location += fmt::format(":{}:{}", mark.line + 1, mark.column + 1);
+  return location + ": " + key_path(key);
+}
+
+void ConfigReader::fail(const std::string& key, const std::string& message) const {
+  throw config_error(where(key) + ": " + message);
+}
+
+void ConfigReader::finish() const {
+  if (!node_ || !node_.IsMap()) return;
+  for (const auto& item : node_) {
+    const std::string key = item.first.as<std::string>();
+    if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
+    std::vector<std::string> valid = known_;
+    std::sort(valid.begin(), valid.end());
+    fail(key, fmt::format("unknown key (valid here: {})",
+                          valid.empty() ? "none" : fmt::format("{}", fmt::join(valid, ", "))));
+  }
+}
+
+template <> const char* yaml_type_name<int>() { return "an integer"; }
+template <> const char* yaml_type_name<int64_t>() { return "an integer"; }
+template <> const char* yaml_type_name<uint64_t>() { return "a non-negative integer"; }
+template <> const char* yaml_type_name<double>() { return "a number"; }
+template <> const char* yaml_type_name<bool>() { return "true or false"; }
+template <> const char* yaml_type_name<std::string>() { return "a string"; }
+template <> const char* yaml_type_name<std::vector<int64_t>>() { return "a list of integers"; }
+template <> const char* yaml_type_name<std::vector<double>>() { return "a list of numbers"; }
+template <> const char* yaml_type_name<std::vector<std::string>>() { return "a list of strings"; }
+
+}  // namespace sqlab

@@ -1,0 +1,111 @@
+// Reading YAML configuration with precise errors: every read goes through a
+// ConfigReader, which knows the file, the key path and the line of each value, and
+// remembers which keys were read so that leftover (unknown) keys are errors.
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace sqlab {
+
+// Parses a YAML file; syntax errors become config errors with file:line:col.
+YAML::Node load_yaml_file(const std::string& path);
+// Parses a YAML string (for --set values and sweep values).
+YAML::Node parse_yaml_value(const std::string& text, const std::string& origin);
+// Deep copy (yaml-cpp nodes share storage on assignment).
+YAML::Node clone_yaml(const YAML::Node& node);
+// One-line flow-style text of a node: "4", "[32, 32]", "{a: 1}".
+std::string yaml_to_flow(const YAML::Node& node);
+// Splits "a.b.c" into its parts.
+std::vector<std::string> split_dotted(const std::string& dotted);
+// The element of a `methods:` list with this label (or index); null if none.
+YAML::Node find_labelled(const YAML::Node& list, const std::string& label);
+// Where `dotted` (e.g. "methods.art.outlier_threshold") stands in `root`; a null
+// mark if it does not.
+YAML::Mark locate_key(const YAML::Node& root, const std::string& dotted);
+
+class ConfigReader {
+ public:
+  // `node` must be a mapping or null (treated as empty). `path` is the dotted key
+  // path of this mapping inside `file` ("" at the root). Nodes built by sweeps and
+  // --set have no line numbers; `origin` (the file's own document) supplies them
+  // for keys that stand in the file.
+  ConfigReader(YAML::Node node, std::string file, std::string path,
+               YAML::Node origin = YAML::Node());
+
+  bool has(const std::string& key) const;
+
+  template <class T>
+  T get(const std::string& key, const T& fallback) {
+    YAML::Node value = lookup(key);
+    return value ? convert<T>(key, value) : fallback;
+  }
+
+  template <class T>
+  T require(const std::string& key) {
+    YAML::Node value = lookup(key);
+    if (!value) fail(key, "required key is missing");
+    return convert<T>(key, value);
+  }
+
+  // A string that must be one of `choices`; the error lists them.
+  std::string choice(const std::string& key, const std::string& fallback,
+                     const std::vector<std::string>& choices);
+
+  // A nested mapping (empty if absent); wrong type is an error.
+  ConfigReader child(const std::string& key);
+  // The raw node (marks the key as known); null if absent.
+  YAML::Node raw(const std::string& key);
+
+  // Throws for every key that nobody asked about, listing the known ones.
+  void finish() const;
+
+  // "file:line:col: path.key" for messages.
+  std::string where(const std::string& key) const;
+  [[noreturn]] void fail(const std::string& key, const std::string& message) const;
+
+  const std::string& file() const { return file_; }
+  const std::string& path() const { return path_; }
+  std::string key_path(const std::string& key) const;
+
+ private:
+  YAML::Node lookup(const std::string& key);
+  template <class T>
+  T convert(const std::string& key, const YAML::Node& value) const;
+
+  YAML::Node node_;
+  std::string file_;
+  std::string path_;
+  YAML::Node origin_;
+  std::vector<std::string> known_;
+};
+
+// Human name of a C++ type for "expected ..." messages.
+template <class T>
+const char* yaml_type_name();
+template <> const char* yaml_type_name<int>();
+template <> const char* yaml_type_name<int64_t>();
+template <> const char* yaml_type_name<uint64_t>();
+template <> const char* yaml_type_name<double>();
+template <> const char* yaml_type_name<bool>();
+template <> const char* yaml_type_name<std::string>();
+template <> const char* yaml_type_name<std::vector<int64_t>>();
+template <> const char* yaml_type_name<std::vector<double>>();
+template <> const char* yaml_type_name<std::vector<std::string>>();
+
+template <class T>
+T ConfigReader::convert(const std::string& key, const YAML::Node& value) const {
+  try {
+    return value.as<T>();
+  } catch (const YAML::Exception&) {
+    fail(key, std::string("expected ") + yaml_type_name<T>() + ", got '" +
+                  yaml_to_flow(value) + "'");
+  }
+}
+
+}  // namespace sqlab

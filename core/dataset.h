@@ -1,0 +1,21 @@
+// The dataset plugin interface: a source of linear sites (activations and weights).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/registry.h"
+#include "core/site.h"
+
+namespace sqlab {
+
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+  // The sites of one run; `seed` is the run's seed (random sources must use it).
+  virtual std::vector<Site> load(uint64_t seed) const = 0;
+};
+
+using DatasetRegistry = Registry<Dataset>;
+
+}  // namespace sqlab

@@ -1,0 +1,245 @@
+#include "core/experiment.h"
+
+#include <fmt/format.h>
+
+#include <map>
+#include <set>
+
+#include "core/config.h"
+#include "core/error.h"
+
+namespace sqlab {
+namespace {
+
+const std::vector<std::string> kTopLevelKeys = {"name", "description", "seeds", "data", "quant",
+                                                "methods", "sweep", "record", "output"};
+
+// One point of the sweep: the values of every swept key.
+using SweepPoint = std::vector<std::pair<std::string, YAML::Node>>;
+
+YAML::Node descend(YAML::Node node, const std::string& part, const std::string& walked,
+                   const std::string& origin, bool create) {
+  if (node.IsSequence()) {
+    YAML::Node entry = find_labelled(node, part);
+    if (!entry) throw config_error(fmt::format("{}: {}: no entry labelled '{}'", origin, walked, part));
+    return entry;
+  }
+  if (!node.IsMap() && !(node.IsNull() && create))
+    throw config_error(fmt::format("{}: {} is '{}', not a mapping, so it has no key '{}'", origin,
+                                   walked, yaml_to_flow(node), part));
+  if (!node[part] && create) node[part] = YAML::Node(YAML::NodeType::Map);
+  return node[part];
+}
+
+std::vector<int64_t> parse_seeds(ConfigReader& root) {
+  if (!root.has("seeds")) return {0};
+  YAML::Node node = root.raw("seeds");
+  std::vector<int64_t> seeds;
+  if (node.IsScalar()) {
+    const int64_t count = root.get<int64_t>("seeds", 1);
+    if (count < 1) root.fail("seeds", "a count of seeds must be positive");
+    for (int64_t s = 0; s < count; ++s) seeds.push_back(s);
+  } else {
+    seeds = root.get<std::vector<int64_t>>("seeds", {});
+    if (seeds.empty()) root.fail("seeds", "must not be empty");
+  }
+  return seeds;
+}
+
+// Reads a `grid:` or `zip:` mapping of dotted key -> non-empty list.
+std::vector<std::pair<std::string, YAML::Node>> parse_axes(ConfigReader& sweep, const std::string& key) {
+  std::vector<std::pair<std::string, YAML::Node>> axes;
+  YAML::Node node = sweep.raw(key);
+  if (!node) return axes;
+  if (!node.IsMap()) sweep.fail(key, "expected a mapping of dotted keys to lists");
+  for (const auto& item : node) {
+    const std::string name = item.first.as<std::string>();
+    if (!item.second.IsSequence() || item.second.size() == 0)
+      sweep.fail(key, fmt::format("'{}' must map to a non-empty list", name));
+    axes.emplace_back(name, item.second);
+  }
+  return axes;
+}
+
+std::vector<SweepPoint> expand_sweep(ConfigReader sweep) {
+  const auto grid = parse_axes(sweep, "grid");
+  const auto zip = parse_axes(sweep, "zip");
+  sweep.finish();
+  std::vector<SweepPoint> points{{}};
+  for (const auto& [key, values] : grid) {  // cartesian product
+    std::vector<SweepPoint> next;
+    for (const auto& point : points)
+      for (const auto& value : values) {
+        SweepPoint extended = point;
+        extended.emplace_back(key, value);
+        next.push_back(extended);
+      }
+    points = next;
+  }
+  if (zip.empty()) return points;
+  const size_t length = zip.front().second.size();
+  for (const auto& [key, values] : zip)
+    if (values.size() != length)
+      sweep.fail("zip", fmt::format("lists differ in length: '{}' has {}, '{}' has {}",
+                                    zip.front().first, length, key, values.size()));
+  std::vector<SweepPoint> result;
+  for (const auto& point : points)
+    for (size_t i = 0; i < length; ++i) {
+      SweepPoint extended = point;
+      for (const auto& [key, values] : zip) extended.emplace_back(key, values[i]);
+      result.push_back(extended);
+    }
+  return result;
+}
+
+struct MethodEntry {
+  std::string label;
+  std::string method;
+};
+
+std::vector<MethodEntry> parse_method_entries(ConfigReader& root) {
+  YAML::Node list = root.raw("methods");
+  if (!list) root.fail("methods", "required key is missing");
+  if (!list.IsSequence() || list.size() == 0) root.fail("methods", "expected a non-empty list of methods");
+  std::vector<MethodEntry> entries;
+  std::set<std::string> labels;
+  for (const auto& entry : list) {
+    if (!entry.IsMap() || !entry["method"])
+      root.fail("methods", fmt::format("each entry needs a 'method' key, got '{}'", yaml_to_flow(entry)));
+    MethodEntry e;
+    e.method = entry["method"].as<std::string>();
+    e.label = entry["label"] ? entry["label"].as<std::string>() : e.method;
+    if (e.label.empty() || e.label.find_first_of("./ ") != std::string::npos)
+      root.fail("methods", fmt::format("label '{}' must be non-empty without '.', '/' or spaces", e.label));
+    if (!labels.insert(e.label).second)
+      root.fail("methods", fmt::format("label '{}' is used twice; give each entry a distinct label", e.label));
+    entries.push_back(e);
+  }
+  return entries;
+}
+
+// A swept key applies to every run, except methods.LABEL.* which applies to LABEL only.
+bool applies_to(const std::string& key, const std::string& label) {
+  const auto parts = split_dotted(key);
+  return parts.size() < 2 || parts[0] != "methods" || parts[1] == label;
+}
+
+void apply_overrides(YAML::Node root, const std::vector<std::string>& overrides, const std::string& file) {
+  for (const std::string& text : overrides) {
+    const std::string origin = file + ": --set " + text;
+    const size_t eq = text.find('=');
+    if (eq == std::string::npos || eq == 0) throw config_error(origin + ": expected KEY=VALUE");
+    set_dotted(root, text.substr(0, eq), parse_yaml_value(text.substr(eq + 1), origin), origin);
+  }
+}
+
+std::string default_name(const std::string& file) {
+  const size_t slash = file.find_last_of('/');
+  std::string base = slash == std::string::npos ? file : file.substr(slash + 1);
+  const size_t dot = base.rfind('.');
+  return dot == std::string::npos ? base : base.substr(0, dot);
+}
+
+// `label` is the entry's label in the file; a sweep point may change the entry
+// (but not its position in the list).
+RunSpec make_run(const Experiment& ex, const YAML::Node& point_root, const SweepPoint& point,
+                 size_t index, const std::string& label, int64_t seed) {
+  RunSpec run;
+  run.seed = seed;
+  YAML::Node entry = clone_yaml(point_root["methods"][index]);
+  if (!entry.IsMap() || !entry["method"] || !entry["method"].IsScalar())
+    throw config_error(fmt::format("{}: methods.{}: a sweep made this entry '{}', which has no method",
+                                   ex.file, label, yaml_to_flow(entry)));
+  run.method = entry["method"].as<std::string>();
+  if (!entry["label"]) entry["label"] = label;
+  run.label = entry["label"].as<std::string>();
+  YAML::Node config(YAML::NodeType::Map);
+  config["seed"] = seed;
+  config["data"] = clone_yaml(point_root["data"]);
+  config["quant"] = point_root["quant"] ? clone_yaml(point_root["quant"]) : YAML::Node(YAML::NodeType::Map);
+  config["method"] = entry;
+  config["record"] = point_root["record"] ? clone_yaml(point_root["record"]) : YAML::Node(YAML::NodeType::Map);
+  run.run_id = make_run_id(label, seed, config);
+  config["name"] = ex.name;
+  run.config = config;
+  for (const auto& [key, value] : point)
+    if (applies_to(key, label)) run.point.emplace_back(key, yaml_to_flow(value));
+  return run;
+}
+
+}  // namespace
+
+void set_dotted(YAML::Node root, const std::string& dotted, const YAML::Node& value,
+                const std::string& origin) {
+  const auto parts = split_dotted(dotted);
+  for (const auto& part : parts)
+    if (part.empty()) throw config_error(fmt::format("{}: '{}' is not a key path", origin, dotted));
+  // Node::reset, not operator=: assigning to a yaml-cpp node rewrites what it refers to.
+  YAML::Node node;
+  node.reset(root);
+  std::string walked;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    node.reset(descend(node, parts[i], walked.empty() ? "(top level)" : walked, origin, true));
+    walked += (walked.empty() ? "" : ".") + parts[i];
+  }
+  const std::string& last = parts.back();
+  if (node.IsSequence()) {
+    YAML::Node entry = find_labelled(node, last);
+    if (!entry) throw config_error(fmt::format("{}: {}: no entry labelled '{}'", origin, walked, last));
+    entry = clone_yaml(value);
+    return;
+  }
+  if (!node.IsMap() && !node.IsNull())
+    throw config_error(fmt::format("{}: {} is '{}', not a mapping", origin, walked, yaml_to_flow(node)));
+  node[last] = clone_yaml(value);
+}
+
+std::string make_run_id(const std::string& label, int64_t seed, const YAML::Node& config) {
+  YAML::Emitter out;
+  out << YAML::Flow << config;
+  uint64_t h = 1469598103934665603ull;  // FNV-1a: stable across runs and machines
+  for (unsigned char c : std::string(out.c_str())) h = (h ^ c) * 1099511628211ull;
+  std::string safe = label;
+  for (char& c : safe)
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '-' || c == '_')) c = '_';
+  return fmt::format("{}-s{}-{:08x}", safe, seed, static_cast<uint32_t>(h ^ (h >> 32)));
+}
+
+Experiment load_experiment(const std::string& file, const std::vector<std::string>& overrides) {
+  Experiment ex;
+  ex.file = file;
+  ex.document = load_yaml_file(file);
+  if (!ex.document.IsMap())
+    throw config_error(fmt::format("{}: expected a mapping at the top level", file));
+  ex.resolved = clone_yaml(ex.document);
+  apply_overrides(ex.resolved, overrides, file);
+
+  ConfigReader root(ex.resolved, file, "", ex.document);
+  ex.name = root.get<std::string>("name", default_name(file));
+  ex.description = root.get<std::string>("description", "");
+  ex.output = root.get<std::string>("output", "results/{name}");
+  const size_t brace = ex.output.find("{name}");
+  if (brace != std::string::npos) ex.output.replace(brace, 6, ex.name);
+  const std::vector<int64_t> seeds = parse_seeds(root);
+  const std::vector<MethodEntry> entries = parse_method_entries(root);
+  if (!root.has("data")) root.fail("data", "required key is missing");
+  for (const char* key : {"data", "quant", "record"}) root.raw(key);
+  const std::vector<SweepPoint> points = expand_sweep(root.child("sweep"));
+  for (const auto& key : kTopLevelKeys) root.raw(key);
+  root.finish();
+
+  for (const auto& [key, value] : points.front()) ex.swept_keys.push_back(key);
+  std::set<std::string> seen;
+  for (const SweepPoint& point : points) {
+    YAML::Node point_root = clone_yaml(ex.resolved);
+    for (const auto& [key, value] : point) set_dotted(point_root, key, value, file + ": sweep " + key);
+    for (int64_t seed : seeds)
+      for (size_t i = 0; i < entries.size(); ++i) {
+        RunSpec run = make_run(ex, point_root, point, i, entries[i].label, seed);
+        if (seen.insert(run.run_id).second) ex.runs.push_back(std::move(run));
+      }
+  }
+  return ex;
+}
+
+}  // namespace sqlab

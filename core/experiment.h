@@ -1,0 +1,49 @@
+// An experiment file expanded into runs: overrides (--set) are applied, the sweep
+// (grid x zip) is expanded, and every method entry x sweep point x seed becomes a
+// RunSpec with a stable id derived from its resolved configuration.
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace sqlab {
+
+struct RunSpec {
+  std::string run_id;
+  std::string label;
+  std::string method;
+  int64_t seed = 0;
+  // The swept keys that apply to this run, with their values as flow YAML.
+  std::vector<std::pair<std::string, std::string>> point;
+  // Resolved configuration: name, seed, data, quant, method (the entry), record.
+  YAML::Node config;
+};
+
+struct Experiment {
+  std::string file;
+  std::string name;
+  std::string description;
+  std::string output;   // results directory (before --out)
+  YAML::Node document;  // the file as written (for line numbers)
+  YAML::Node resolved;  // after --set
+  std::vector<std::string> swept_keys;
+  std::vector<RunSpec> runs;
+};
+
+// Loads, applies overrides ("a.b.c=value") and expands. Throws config errors that
+// name the file, line and key.
+Experiment load_experiment(const std::string& file, const std::vector<std::string>& overrides);
+
+// Sets `dotted` in `root` (creating mappings on the way). In the `methods` list a
+// part selects the entry by label or index. `origin` names the source in errors.
+void set_dotted(YAML::Node root, const std::string& dotted, const YAML::Node& value,
+                const std::string& origin);
+
+// The stable id of a run: LABEL-sSEED-HASH8 (hash of the resolved configuration).
+std::string make_run_id(const std::string& label, int64_t seed, const YAML::Node& config);
+
+}  // namespace sqlab

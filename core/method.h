@@ -1,0 +1,42 @@
+// The rotation-method plugin interface: a RotationMethod holds its options (read from
+// YAML when it is created) and fits a Rotation on one site's calibration data.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/quant.h"
+#include "core/registry.h"
+#include "core/rotation.h"
+#include "core/site.h"
+
+namespace sqlab {
+
+// What a method may record while fitting; the runner stores it in the run file.
+class FitLog {
+ public:
+  virtual ~FitLog() = default;
+  // One point of a trace (/traces/NAME), e.g. loss or grad_norm per step.
+  virtual void trace(const std::string& name, int64_t step, double value) = 0;
+  // A scalar about the fit (e.g. outliers detected), stored with the site's metrics.
+  virtual void metric(const std::string& name, double value) = 0;
+  // A warning for the user (printed, and kept in the run file's attributes).
+  virtual void warn(const std::string& message) = 0;
+};
+
+struct FitContext {
+  const Site& site;
+  const QuantConfig& quant;
+  uint64_t seed;
+  FitLog& log;
+};
+
+class RotationMethod {
+ public:
+  virtual ~RotationMethod() = default;
+  virtual RotationPtr fit(const FitContext& context) const = 0;
+};
+
+using MethodRegistry = Registry<RotationMethod>;
+
+}  // namespace sqlab

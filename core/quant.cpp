@@ -1,0 +1,185 @@
+#include "core/quant.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/config.h"
+#include "core/error.h"
+
+namespace sqlab {
+namespace {
+
+// Integer grid of a spec: symmetric uses [-2^(b-1), 2^(b-1) - 1] with zero at 0
+// (QuaRot's convention); asymmetric uses [0, 2^b - 1] with a rounded zero point.
+struct Grid {
+  float qmin;
+  float qmax;
+};
+
+Grid grid_of(const QuantSpec& spec) {
+  if (spec.symmetric) {
+    const float half = static_cast<float>(1 << (spec.bits - 1));
+    return {-half, half - 1.0f};
+  }
+  return {0.0f, static_cast<float>((1 << spec.bits) - 1)};
+}
+
+struct ScaleZero {
+  float scale;
+  float zero;
+};
+
+// Scale and zero point of one group from its range (already multiplied by clip).
+ScaleZero scale_zero(float lo, float hi, const QuantSpec& spec, const Grid& grid) {
+  if (spec.symmetric) {
+    const float absmax = std::max(std::fabs(lo), std::fabs(hi));
+    const float scale = absmax > 0 ? absmax / grid.qmax : 1.0f;
+    return {scale, 0.0f};
+  }
+  lo = std::min(lo, 0.0f);  // keep 0 exactly representable
+  hi = std::max(hi, 0.0f);
+  const float scale = hi > lo ? (hi - lo) / grid.qmax : 1.0f;
+  return {scale, std::nearbyint(-lo / scale)};
+}
+
+// Quantize-dequantize one contiguous group in place of `out`.
+void quantize_group(const float* in, float* out, int64_t len, const QuantSpec& spec,
+                    const Grid& grid) {
+  float lo = in[0], hi = in[0];
+  for (int64_t i = 1; i < len; ++i) {
+    lo = std::min(lo, in[i]);
+    hi = std::max(hi, in[i]);
+  }
+  const ScaleZero sz = scale_zero(lo * static_cast<float>(spec.clip),
+                                  hi * static_cast<float>(spec.clip), spec, grid);
+  const float inv = 1.0f / sz.scale;
+  for (int64_t i = 0; i < len; ++i) {
+    const float q = std::min(std::max(std::nearbyint(in[i] * inv) + sz.zero, grid.qmin), grid.qmax);
+    out[i] = (q - sz.zero) * sz.scale;
+  }
+}
+
+int64_t group_length(const QuantSpec& spec, int64_t cols) {
+  if (spec.granularity != Granularity::per_group) return cols;
+  if (spec.group_size <= 0 || cols % spec.group_size != 0)
+    throw Error(fmt::format("quant: group size {} does not divide the row length {}",
+                            spec.group_size, cols));
+  return spec.group_size;
+}
+
+void check_input(const at::Tensor& x, const QuantSpec& spec) {
+  if (x.dim() != 2)
+    throw Error(fmt::format("quant: expected a 2-D matrix, got {} dimensions", x.dim()));
+  if (spec.bits < 2 || (spec.bits > 8 && spec.bits != 16))
+    throw Error(fmt::format("quant: bits must be 2..8 or 16, got {}", spec.bits));
+}
+
+// Per-group min and max of x viewed as (groups, len) rows, as tensors (autograd path).
+std::pair<at::Tensor, at::Tensor> group_range(const at::Tensor& grouped, const QuantSpec& spec) {
+  if (spec.granularity == Granularity::per_tensor)
+    return {grouped.min().reshape({1, 1}), grouped.max().reshape({1, 1})};
+  return {std::get<0>(grouped.min(1, true)), std::get<0>(grouped.max(1, true))};
+}
+
+}  // namespace
+
+std::string QuantSpec::describe() const {
+  if (!enabled()) return "none";
+  const char* gran = granularity == Granularity::per_tensor ? "per_tensor"
+                     : granularity == Granularity::per_row  ? "per_row"
+                                                            : "per_group";
+  return fmt::format("{}bit {} {} clip={}", bits, symmetric ? "sym" : "asym", gran, clip);
+}
+
+at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& spec) {
+  check_input(x, spec);
+  if (!spec.enabled()) return x;
+  if (x.scalar_type() != at::kFloat || spec.granularity == Granularity::per_tensor) {
+    at::NoGradGuard no_grad;
+    return fake_quant_ste(x, spec);  // same arithmetic through tensor ops
+  }
+  const at::Tensor in = x.contiguous();
+  at::Tensor out = at::empty_like(in);
+  const int64_t cols = in.size(1);
+  const int64_t len = group_length(spec, cols);
+  const int64_t groups = in.numel() / std::max<int64_t>(len, 1);
+  const float* src = in.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const Grid grid = grid_of(spec);
+  at::parallel_for(0, groups, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) quantize_group(src + g * len, dst + g * len, len, spec, grid);
+  });
+  return out;
+}
+
+at::Tensor fake_quant_ste(const at::Tensor& x, const QuantSpec& spec) {
+  check_input(x, spec);
+  if (!spec.enabled()) return x;
+  const int64_t len = spec.granularity == Granularity::per_tensor ? x.numel()
+                                                                   : group_length(spec, x.size(1));
+  const at::Tensor grouped = x.reshape({-1, len});
+  const Grid grid = grid_of(spec);
+  at::Tensor scale, zero;
+  {
+    at::NoGradGuard no_grad;  // the scale is a constant for the gradient
+    auto [lo, hi] = group_range(grouped, spec);
+    lo = lo * spec.clip;
+    hi = hi * spec.clip;
+    if (spec.symmetric) {
+      const at::Tensor absmax = at::maximum(lo.abs(), hi.abs());
+      scale = at::where(absmax > 0, absmax / grid.qmax, at::ones_like(absmax));
+      zero = at::zeros_like(scale);
+    } else {
+      lo = at::clamp_max(lo, 0.0);
+      hi = at::clamp_min(hi, 0.0);
+      scale = at::where(hi > lo, (hi - lo) / grid.qmax, at::ones_like(hi));
+      zero = at::round(-lo / scale);
+    }
+  }
+  const at::Tensor scaled = grouped / scale;
+  // Straight-through rounding: forward rounds, backward is the identity.
+  const at::Tensor rounded = scaled + (at::round(scaled) - scaled).detach();
+  const at::Tensor q = at::clamp(rounded + zero, grid.qmin, grid.qmax);
+  return ((q - zero) * scale).reshape(x.sizes());
+}
+
+namespace {
+
+Granularity parse_granularity(ConfigReader& reader, const std::string& key,
+                              const std::string& fallback, const std::string& row_name) {
+  const std::string value = reader.choice(key, fallback, {row_name, "per_tensor", "per_group"});
+  if (value == "per_tensor") return Granularity::per_tensor;
+  if (value == "per_group") return Granularity::per_group;
+  return Granularity::per_row;
+}
+
+QuantSpec parse_spec(ConfigReader& reader, const std::string& prefix, const QuantSpec& base,
+                     const std::string& row_name) {
+  QuantSpec spec = base;
+  spec.bits = reader.get<int>(prefix + "bits", base.bits);
+  if (spec.bits < 2 || (spec.bits > 8 && spec.bits != 16))
+    reader.fail(prefix + "bits", fmt::format("must be 2..8, or 16 for no quantization; got {}", spec.bits));
+  spec.symmetric = reader.get<bool>(prefix + "sym", base.symmetric);
+  spec.granularity = parse_granularity(reader, prefix + "granularity", row_name, row_name);
+  spec.group_size = reader.get<int64_t>(prefix + "group_size", base.group_size);
+  if (spec.group_size <= 0) reader.fail(prefix + "group_size", "must be positive");
+  spec.clip = reader.get<double>(prefix + "clip", base.clip);
+  if (!(spec.clip > 0.0 && spec.clip <= 1.0)) reader.fail(prefix + "clip", "must be in (0, 1]");
+  return spec;
+}
+
+}  // namespace
+
+QuantConfig parse_quant_config(ConfigReader& reader) {
+  QuantConfig config;
+  config.weight = parse_spec(reader, "w_", config.weight, "per_channel");
+  config.act = parse_spec(reader, "a_", config.act, "per_token");
+  reader.finish();
+  return config;
+}
+
+}  // namespace sqlab

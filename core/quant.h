@@ -1,0 +1,49 @@
+// Round-to-nearest fake quantization of 2-D matrices (rows = tokens for activations,
+// rows = output channels for weights), and its straight-through-estimator variant.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+
+namespace sqlab {
+
+class ConfigReader;
+
+// Which entries share one scale. For a T x n activation block per_row is per token;
+// for a C_out x n weight it is per output channel.
+enum class Granularity { per_tensor, per_row, per_group };
+
+struct QuantSpec {
+  int bits = 4;          // 2..8, or 16 (no quantization)
+  bool symmetric = true;
+  Granularity granularity = Granularity::per_row;
+  int64_t group_size = 128;  // per_group: consecutive columns of a row
+  double clip = 1.0;         // the range is clip * (min, max) of the group
+
+  bool enabled() const { return bits < 16; }
+  std::string describe() const;
+};
+
+// W4A4 by default (method-notes.md section 1): symmetric per-channel weights,
+// asymmetric per-token activations.
+struct QuantConfig {
+  QuantSpec weight{4, true, Granularity::per_row, 128, 1.0};
+  QuantSpec act{4, false, Granularity::per_row, 128, 1.0};
+};
+
+// Reads the `quant:` mapping (keys w_bits, a_bits, w_sym, a_sym, w_granularity,
+// a_granularity, w_group_size, a_group_size, w_clip, a_clip).
+QuantConfig parse_quant_config(ConfigReader& reader);
+
+// Quantize-dequantize. x: 2-D floating tensor. No autograd; the float32 path is a
+// single fused pass per row.
+at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& spec);
+
+// Differentiable version for training rotations (SpinQuant): rounding passes the
+// gradient straight through; the scale and zero point are treated as constants;
+// values clamped by the grid get zero gradient.
+at::Tensor fake_quant_ste(const at::Tensor& x, const QuantSpec& spec);
+
+}  // namespace sqlab

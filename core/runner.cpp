@@ -1,0 +1,231 @@
+#include "core/runner.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <filesystem>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/progress.h"
+#include "core/recorder.h"
+#include "core/site_eval.h"
+#include "core/system.h"
+
+namespace sqlab {
+namespace fs = std::filesystem;
+namespace {
+
+// Collects what a method reports during fit into the run record. With several
+// sites, trace and histogram names get a "SITE." prefix.
+class RunFitLog : public FitLog {
+ public:
+  RunFitLog(RunRecord& record, std::map<std::string, double>& site_metrics, std::string prefix,
+            bool keep_traces, std::vector<std::string>& warnings)
+      : record_(record), site_metrics_(site_metrics), prefix_(std::move(prefix)),
+        keep_traces_(keep_traces), warnings_(warnings) {}
+
+  void trace(const std::string& name, int64_t step, double value) override {
+    if (!keep_traces_) return;
+    Trace& t = record_.traces[prefix_ + name];
+    t.step.push_back(step);
+    t.value.push_back(value);
+  }
+  void metric(const std::string& name, double value) override { site_metrics_[name] = value; }
+  void warn(const std::string& message) override {
+    const std::string text = fmt::format("{} {}{}", record_.run_id, prefix_, message);
+    fmt::print(stderr, "warning: {}\n", text);
+    warnings_.push_back(text);
+  }
+
+ private:
+  RunRecord& record_;
+  std::map<std::string, double>& site_metrics_;
+  std::string prefix_;
+  bool keep_traces_;
+  std::vector<std::string>& warnings_;
+};
+
+std::string emit_yaml(const YAML::Node& node) {
+  YAML::Emitter out;
+  out << node;
+  return std::string(out.c_str()) + "\n";
+}
+
+RecordOptions parse_record(ConfigReader reader) {
+  RecordOptions r;
+  r.histograms = reader.get<bool>("histograms", r.histograms);
+  r.traces = reader.get<bool>("traces", r.traces);
+  r.rotations = reader.get<bool>("rotations", r.rotations);
+  r.histogram_bins = reader.get<int>("histogram_bins", r.histogram_bins);
+  if (r.histogram_bins < 1) reader.fail("histogram_bins", "must be positive");
+  reader.finish();
+  return r;
+}
+
+// Run-level metrics from per-site ones: maxima stay maxima, times add up, the rest
+// is the mean over sites.
+std::map<std::string, double> aggregate_sites(const std::map<std::string, std::map<std::string, double>>& sites) {
+  std::map<std::string, std::vector<double>> values;
+  for (const auto& [site, metrics] : sites)
+    for (const auto& [name, value] : metrics) values[name].push_back(value);
+  std::map<std::string, double> result;
+  for (const auto& [name, list] : values) {
+    const bool is_max = name.find("absmax") != std::string::npos;
+    const bool is_sum = name.find("seconds") != std::string::npos;
+    double acc = is_max ? list.front() : 0.0;
+    for (double v : list) acc = is_max ? std::max(acc, v) : acc + v;
+    result[name] = (is_max || is_sum) ? acc : acc / list.size();
+  }
+  return result;
+}
+
+void evaluate_one_site(const PreparedRun& p, const Site& site, bool prefixed, RunRecord& record,
+                       std::vector<std::string>& warnings) {
+  check_site(site);
+  const std::string prefix = prefixed ? site.name + "." : "";
+  auto& metrics = record.site_metrics[site.name];
+  RunFitLog log(record, metrics, prefix, p.record.traces, warnings);
+  const double start = now_seconds();
+  RotationPtr rotation = p.method->fit(FitContext{site, p.quant, static_cast<uint64_t>(p.spec->seed), log});
+  const double build = now_seconds() - start;
+  if (!rotation || rotation->size() != site.X.size(1))
+    throw Error(fmt::format("method {} returned a rotation of the wrong size for site {}", p.spec->method, site.name));
+  throw_if_interrupted();
+  const SiteEvaluation eval = evaluate_site(site, *rotation, p.quant, p.record.histograms ? p.record.histogram_bins : 0);
+  for (const auto& [name, value] : eval.metrics) metrics[name] = value;
+  metrics["build_seconds"] = build;
+  metrics["apply_seconds"] = eval.apply_seconds;
+  if (p.record.histograms) {
+    record.histograms[prefix + "act_before"] = eval.act_before;
+    record.histograms[prefix + "act_after"] = eval.act_after;
+  }
+  if (p.record.rotations) record.rotations[site.name] = rotation->factors();
+}
+
+RunRecord execute_run(const PreparedRun& p, const std::vector<Site>& sites, double load_seconds) {
+  const double start = now_seconds();
+  RunRecord record;
+  record.run_id = p.spec->run_id;
+  record.label = p.spec->label;
+  record.method = p.spec->method;
+  record.seed = p.spec->seed;
+  record.config_yaml = emit_yaml(p.spec->config);
+  std::vector<std::string> warnings;
+  for (const Site& site : sites) {
+    throw_if_interrupted();
+    evaluate_one_site(p, site, sites.size() > 1, record, warnings);
+  }
+  record.metrics = aggregate_sites(record.site_metrics);
+  if (sites.size() == 1) record.site_metrics.clear();  // /metrics already holds them
+  if (!warnings.empty()) record.attributes["warnings"] = fmt::format("{}", fmt::join(warnings, "\n"));
+  record.timing["load"] = load_seconds;
+  record.timing["build"] = record.metrics["build_seconds"];
+  record.timing["apply"] = record.metrics["apply_seconds"];
+  record.timing["total"] = now_seconds() - start + load_seconds;
+  return record;
+}
+
+SummaryRow row_of(const RunSpec& run) {
+  SummaryRow row;
+  row.run_id = run.run_id;
+  row.label = run.label;
+  row.method = run.method;
+  row.seed = run.seed;
+  row.point = run.point;
+  return row;
+}
+
+void write_summaries(const Experiment& ex, const fs::path& out, const std::vector<SummaryRow>& rows) {
+  write_file_atomic((out / "summary.csv").string(), summary_csv(rows, ex.swept_keys));
+  write_file_atomic((out / "summary.json").string(), summary_json(ex.name, rows, ex.swept_keys).dump(2) + "\n");
+}
+
+void prepare_directory(const Experiment& ex, const fs::path& out) {
+  std::error_code ec;
+  fs::create_directories(out / "runs", ec);
+  if (ec) throw config_error(fmt::format("{}: cannot create results directory: {}", out.string(), ec.message()));
+  // Leftovers of runs that were killed mid-write: never complete, never read.
+  for (const auto& entry : fs::directory_iterator(out / "runs"))
+    if (entry.path().extension() == ".tmp") fs::remove(entry.path(), ec);
+  write_file_atomic((out / "config.yaml").string(), emit_yaml(ex.resolved));
+}
+
+}  // namespace
+
+PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registries& registries) {
+  PreparedRun p;
+  p.spec = &run;
+  ConfigReader data(run.config["data"], ex.file, "data", ex.document);
+  p.data_source = data.get<std::string>("source", "");
+  if (!registries.datasets.contains(p.data_source))
+    data.fail("source", registries.datasets.unknown_message(p.data_source));
+  p.dataset = registries.datasets.create(p.data_source, data);
+  p.data_key = yaml_to_flow(run.config["data"]) + fmt::format("#seed={}", run.seed);
+
+  ConfigReader method(run.config["method"], ex.file, "methods." + run.label, ex.document);
+  method.raw("label");
+  method.raw("method");
+  if (!registries.methods.contains(run.method))
+    method.fail("method", registries.methods.unknown_message(run.method));
+  p.method = registries.methods.create(run.method, method);
+
+  ConfigReader quant(run.config["quant"], ex.file, "quant", ex.document);
+  p.quant = parse_quant_config(quant);
+  p.record = parse_record(ConfigReader(run.config["record"], ex.file, "record", ex.document));
+  return p;
+}
+
+RunnerResult run_experiment(const Experiment& ex, const Registries& registries, const RunnerOptions& options) {
+  std::vector<PreparedRun> prepared;  // every run validated before the first one starts
+  for (const RunSpec& run : ex.runs) prepared.push_back(prepare_run(ex, run, registries));
+  const fs::path out(options.out_dir);
+  prepare_directory(ex, out);
+
+  RunnerResult result;
+  Progress progress(prepared.size(), options.progress);
+  std::vector<Site> sites;
+  std::string sites_key;
+  for (size_t i = 0; i < prepared.size(); ++i) {
+    const PreparedRun& p = prepared[i];
+    if (interrupted()) break;
+    const std::string path = (out / "runs" / (p.spec->run_id + ".h5")).string();
+    SummaryRow row = row_of(*p.spec);
+    if (options.resume && run_file_complete(path)) {
+      row.metrics = read_run_summary(path).metrics;
+      row.status = "complete";
+      result.rows.push_back(row);
+      continue;
+    }
+    progress.update(i, p.spec->run_id);
+    try {
+      double load_seconds = 0.0;
+      if (p.data_key != sites_key) {
+        sites_key.clear();
+        const double start = now_seconds();
+        sites = p.dataset->load(static_cast<uint64_t>(p.spec->seed));
+        load_seconds = now_seconds() - start;
+        sites_key = p.data_key;
+      }
+      RunRecord record = execute_run(p, sites, load_seconds);
+      write_run_file(path, record);
+      row.metrics = record.metrics;
+      row.status = "complete";
+    } catch (const std::exception& e) {
+      if (interrupted()) break;
+      row.status = "failed";
+      row.error = e.what();
+      result.exit_code = 1;
+      progress.finish();
+      fmt::print(stderr, "error: run {} failed: {}\n", p.spec->run_id, e.what());
+    }
+    result.rows.push_back(row);
+    write_summaries(ex, out, result.rows);
+  }
+  progress.finish();
+  write_summaries(ex, out, result.rows);
+  if (interrupted()) result.exit_code = 130;
+  return result;
+}
+
+}  // namespace sqlab

@@ -1,0 +1,52 @@
+// Runs an expanded experiment: validates every run before the first starts, then
+// fits, evaluates and records each run, keeping going past failures.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/registries.h"
+#include "core/experiment.h"
+#include "core/method.h"
+#include "core/summary.h"
+
+namespace sqlab {
+
+struct RecordOptions {
+  bool histograms = true;
+  bool traces = true;
+  bool rotations = false;
+  int histogram_bins = 128;
+};
+
+// One run with its plugins built from the run's configuration.
+struct PreparedRun {
+  const RunSpec* spec = nullptr;
+  std::string data_source;
+  std::unique_ptr<Dataset> dataset;
+  std::unique_ptr<RotationMethod> method;
+  QuantConfig quant;
+  RecordOptions record;
+  std::string data_key;  // equal keys load equal data (cache)
+};
+
+// Reads the run's configuration through the registries; config errors name the
+// experiment file, the line and the key.
+PreparedRun prepare_run(const Experiment& experiment, const RunSpec& run, const Registries& registries);
+
+struct RunnerOptions {
+  std::string out_dir;
+  bool resume = false;
+  bool progress = true;  // on a terminal only (the caller decides)
+};
+
+struct RunnerResult {
+  std::vector<SummaryRow> rows;
+  int exit_code = 0;  // 0 all complete, 1 a run failed, 130 interrupted
+};
+
+RunnerResult run_experiment(const Experiment& experiment, const Registries& registries,
+                            const RunnerOptions& options);
+
+}  // namespace sqlab

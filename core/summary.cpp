@@ -1,0 +1,149 @@
+#include "core/summary.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <set>
+#include <sstream>
+
+namespace sqlab {
+namespace {
+
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\n") == std::string::npos) return text;
+  std::string quoted = "\"";
+  for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return quoted + "\"";
+}
+
+std::string point_value(const SummaryRow& row, const std::string& key) {
+  for (const auto& [k, v] : row.point)
+    if (k == key) return v;
+  return "";
+}
+
+std::vector<std::string> metric_names(const std::vector<SummaryRow>& rows) {
+  std::set<std::string> names;
+  for (const auto& row : rows)
+    for (const auto& [name, value] : row.metrics) names.insert(name);
+  return {names.begin(), names.end()};
+}
+
+// "methods.art.outlier_threshold" -> "outlier_threshold", for narrow tables.
+std::string last_part(const std::string& dotted) {
+  const size_t dot = dotted.rfind('.');
+  return dot == std::string::npos ? dotted : dotted.substr(dot + 1);
+}
+
+nlohmann::json point_json(const std::vector<std::pair<std::string, std::string>>& point) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [k, v] : point) j[k] = v;
+  return j;
+}
+
+// JSON has no NaN or infinity: write them as null.
+nlohmann::json number_json(double value) {
+  return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
+}
+
+}  // namespace
+
+std::vector<SummaryGroup> group_rows(const std::vector<SummaryRow>& rows) {
+  std::vector<SummaryGroup> groups;
+  std::map<std::string, std::map<std::string, std::vector<double>>> samples;
+  for (const auto& row : rows) {
+    if (row.status != "complete") continue;
+    const std::string key = row.label + "|" + point_json(row.point).dump();
+    if (!samples.count(key)) groups.push_back({row.label, row.point, 0, {}});
+    for (const auto& [name, value] : row.metrics) samples[key][name].push_back(value);
+    for (auto& g : groups)
+      if (g.label + "|" + point_json(g.point).dump() == key) ++g.runs;
+  }
+  for (auto& g : groups) {
+    for (const auto& [name, values] : samples[g.label + "|" + point_json(g.point).dump()]) {
+      double mean = 0.0;
+      for (double v : values) mean += v;
+      mean /= values.size();
+      double var = 0.0;
+      for (double v : values) var += (v - mean) * (v - mean);
+      const double n = static_cast<double>(values.size());
+      const double stderr_ = n > 1 ? std::sqrt(var / (n - 1) / n) : 0.0;
+      g.metrics[name] = {mean, stderr_};
+    }
+  }
+  return groups;
+}
+
+std::string summary_csv(const std::vector<SummaryRow>& rows, const std::vector<std::string>& swept_keys) {
+  const auto metrics = metric_names(rows);
+  std::ostringstream out;
+  out << "run_id,label,method,seed,status";
+  for (const auto& key : swept_keys) out << "," << csv_field(key);
+  for (const auto& name : metrics) out << "," << csv_field(name);
+  out << ",error\n";
+  for (const auto& row : rows) {
+    out << csv_field(row.run_id) << "," << csv_field(row.label) << "," << csv_field(row.method) << ","
+        << row.seed << "," << row.status;
+    for (const auto& key : swept_keys) out << "," << csv_field(point_value(row, key));
+    for (const auto& name : metrics) {
+      auto it = row.metrics.find(name);
+      out << "," << (it == row.metrics.end() ? "" : fmt::format("{:.10g}", it->second));
+    }
+    out << "," << csv_field(row.error) << "\n";
+  }
+  return out.str();
+}
+
+nlohmann::json summary_json(const std::string& name, const std::vector<SummaryRow>& rows,
+                            const std::vector<std::string>& swept_keys) {
+  nlohmann::json j;
+  j["name"] = name;
+  j["swept_keys"] = swept_keys;
+  j["runs"] = nlohmann::json::array();
+  for (const auto& row : rows) {
+    nlohmann::json r{{"run_id", row.run_id}, {"label", row.label}, {"method", row.method},
+                     {"seed", row.seed}, {"status", row.status}, {"point", point_json(row.point)}};
+    if (!row.error.empty()) r["error"] = row.error;
+    r["metrics"] = nlohmann::json::object();
+    for (const auto& [k, v] : row.metrics) r["metrics"][k] = number_json(v);
+    j["runs"].push_back(r);
+  }
+  j["groups"] = nlohmann::json::array();
+  for (const auto& g : group_rows(rows)) {
+    nlohmann::json gj{{"label", g.label}, {"point", point_json(g.point)}, {"runs", g.runs}};
+    gj["metrics"] = nlohmann::json::object();
+    for (const auto& [k, ms] : g.metrics)
+      gj["metrics"][k] = {{"mean", number_json(ms.first)}, {"stderr", number_json(ms.second)}};
+    j["groups"].push_back(gj);
+  }
+  return j;
+}
+
+std::string metrics_table(const std::vector<SummaryRow>& rows, const std::vector<std::string>& metrics) {
+  const auto groups = group_rows(rows);
+  std::vector<std::string> names;
+  size_t width = 5;
+  for (const auto& g : groups) {
+    std::string name = g.label;
+    for (const auto& [k, v] : g.point) name += fmt::format(" {}={}", last_part(k), v);
+    width = std::max(width, name.size());
+    names.push_back(name);
+  }
+  std::ostringstream out;
+  out << fmt::format("{:<{}}  {:>4}", "label", width, "runs");
+  for (const auto& m : metrics) out << fmt::format("  {:>24}", m);
+  out << "\n";
+  for (size_t i = 0; i < groups.size(); ++i) {
+    out << fmt::format("{:<{}}  {:>4}", names[i], width, groups[i].runs);
+    for (const auto& m : metrics) {
+      auto it = groups[i].metrics.find(m);
+      out << (it == groups[i].metrics.end()
+                  ? fmt::format("  {:>24}", "-")
+                  : fmt::format("  {:>24}", fmt::format("{:.4g} ± {:.2g}", it->second.first, it->second.second)));
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace sqlab

@@ -1,0 +1,27 @@
+// Process-level concerns: threads, Ctrl-C, atomic file writes, the clock.
+#pragma once
+
+#include <string>
+
+namespace sqlab {
+
+// Uses every core (LibTorch starts with one here) unless SQLAB_THREADS says otherwise.
+void configure_threads();
+
+// SIGINT/SIGTERM set a flag that long loops poll; a second signal kills at once.
+void install_interrupt_handlers();
+bool interrupted();
+// Throws sqlab::Error("interrupted") when a signal arrived.
+void throw_if_interrupted();
+
+// Writes `text` to `path` through a temporary file and a rename, so readers never
+// see a half-written file.
+void write_file_atomic(const std::string& path, const std::string& text);
+
+// Seconds on a monotonic clock.
+double now_seconds();
+
+// True when stderr is a terminal (progress display).
+bool stderr_is_terminal();
+
+}  // namespace sqlab

@@ -1,0 +1,13 @@
+#include "methods/builtin.h"
+
+namespace sqlab {
+
+void register_identity(MethodRegistry& registry);
+void register_random_orthogonal(MethodRegistry& registry);
+
+void register_builtin_methods(MethodRegistry& registry) {
+  register_identity(registry);
+  register_random_orthogonal(registry);
+}
+
+}  // namespace sqlab

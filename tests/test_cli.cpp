@@ -1,0 +1,176 @@
+// End to end through the real binary: files, attributes, exit codes, resume.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "core/recorder.h"
+#include "tests/test_util.h"
+
+namespace sqlab {
+namespace {
+namespace fs = std::filesystem;
+using testing::read_text;
+using testing::TempDir;
+using testing::write_text;
+
+struct Result {
+  int code;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+Result sqlab_cli(const TempDir& dir, const std::string& args) {
+  const std::string err_file = dir.file("stderr.txt");
+  const std::string cmd = "cd " + dir.path().string() + " && " + SQLAB_BINARY + " " + args + " 2>" + err_file;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, read_text(err_file)};
+}
+
+const char* kTiny = R"(name: tiny
+description: a tiny test experiment
+seeds: [0, 1]
+data: {source: synthetic, tokens: 64, channels: 32, massive: {count: 1, magnitude: 300}}
+methods:
+  - {label: rtn, method: identity}
+  - {label: rot, method: random_orthogonal}
+record: {rotations: true, histogram_bins: 16}
+)";
+
+std::vector<fs::path> run_files(const fs::path& dir) {
+  std::vector<fs::path> files;
+  if (!fs::exists(dir)) return files;
+  for (const auto& e : fs::directory_iterator(dir)) files.push_back(e.path());
+  return files;
+}
+
+TEST(Cli, RunWritesTheResultsLayout) {
+  TempDir dir;
+  write_text(dir.file("tiny.yaml"), kTiny);
+  const Result r = sqlab_cli(dir, "run tiny.yaml --out out");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("results: "), std::string::npos);
+  EXPECT_NE(r.out.find("rel_output_error"), std::string::npos);
+  EXPECT_TRUE(fs::exists(dir.file("out/config.yaml")));
+  const auto files = run_files(dir.file("out/runs"));
+  ASSERT_EQ(files.size(), 4u);
+  for (const auto& f : files) {
+    EXPECT_EQ(f.extension(), ".h5");
+    const RunRecord rec = read_run_file(f.string());
+    EXPECT_EQ(rec.status, "complete");
+    EXPECT_EQ(f.stem().string(), rec.run_id);
+    EXPECT_TRUE(rec.metrics.count("rel_output_error"));
+    EXPECT_TRUE(rec.metrics.count("act_kurtosis"));
+    EXPECT_EQ(rec.histograms.at("act_after").counts.size(), 16u);
+    EXPECT_EQ(rec.rotations.at("layer0").at("R").size(0), 32);
+    EXPECT_TRUE(rec.timing.count("build"));
+    EXPECT_NE(rec.config_yaml.find("method:"), std::string::npos);
+    EXPECT_TRUE(rec.attributes.count("git_sha"));
+  }
+  const std::string csv = read_text(dir.file("out/summary.csv"));
+  EXPECT_EQ(csv.rfind("run_id,label,method,seed,status", 0), 0u) << csv;
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 5);
+  const auto json = nlohmann::json::parse(read_text(dir.file("out/summary.json")));
+  EXPECT_EQ(json["runs"].size(), 4u);
+  ASSERT_EQ(json["groups"].size(), 2u);
+  EXPECT_EQ(json["groups"][0]["runs"], 2);
+  EXPECT_TRUE(json["groups"][0]["metrics"]["rel_output_error"].contains("stderr"));
+}
+
+TEST(Cli, BadInputExitsTwoAndRunsNothing) {
+  TempDir dir;
+  write_text(dir.file("bad.yaml"), std::string(kTiny) + "quant: {a_bitz: 4}\n");
+  Result r = sqlab_cli(dir, "run bad.yaml --out out");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("bad.yaml:9:"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("quant.a_bitz: unknown key"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir.file("out")));
+  EXPECT_EQ(sqlab_cli(dir, "run missing.yaml").code, 2);
+  EXPECT_EQ(sqlab_cli(dir, "run").code, 2);
+  EXPECT_EQ(sqlab_cli(dir, "frobnicate").code, 2);
+  EXPECT_EQ(sqlab_cli(dir, "run bad.yaml --no-such-flag").code, 2);
+  write_text(dir.file("tiny.yaml"), kTiny);
+  r = sqlab_cli(dir, "run tiny.yaml --set methods.rot.method=nope --out out");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("unknown method 'nope'"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir.file("out")));
+}
+
+TEST(Cli, FailedRunsDoNotStopTheOthers) {
+  TempDir dir;
+  // Group size 5 does not divide 32 channels: those runs fail at run time.
+  write_text(dir.file("tiny.yaml"), std::string(kTiny) +
+             "quant: {a_granularity: per_group}\nsweep: {grid: {quant.a_group_size: [8, 5]}}\n");
+  const Result r = sqlab_cli(dir, "run tiny.yaml --out out --json");
+  EXPECT_EQ(r.code, 1) << r.err;
+  const auto json = nlohmann::json::parse(r.out);
+  int complete = 0, failed = 0;
+  for (const auto& run : json["runs"]) {
+    if (run["status"] == "complete") ++complete;
+    if (run["status"] == "failed") {
+      ++failed;
+      EXPECT_NE(run["error"].get<std::string>().find("group size 5"), std::string::npos);
+    }
+  }
+  EXPECT_EQ(complete, 4);
+  EXPECT_EQ(failed, 4);
+  EXPECT_EQ(run_files(dir.file("out/runs")).size(), 4u);
+  EXPECT_NE(read_text(dir.file("out/summary.csv")).find(",failed,"), std::string::npos);
+}
+
+TEST(Cli, ResumeSkipsCompleteRuns) {
+  TempDir dir;
+  write_text(dir.file("tiny.yaml"), kTiny);
+  ASSERT_EQ(sqlab_cli(dir, "run tiny.yaml --out out").code, 0);
+  auto files = run_files(dir.file("out/runs"));
+  ASSERT_EQ(files.size(), 4u);
+  const auto kept_time = fs::last_write_time(files[1]);
+  fs::remove(files[0]);
+  write_text(dir.file("out/runs/" + files[2].filename().string() + ".tmp"), "partial");
+  const Result r = sqlab_cli(dir, "run tiny.yaml --out out --resume --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(files[0]));                       // redone
+  EXPECT_EQ(fs::last_write_time(files[1]), kept_time);     // skipped
+  EXPECT_EQ(run_files(dir.file("out/runs")).size(), 4u);   // the stale .tmp is gone
+  EXPECT_EQ(nlohmann::json::parse(r.out)["runs"].size(), 4u);
+}
+
+TEST(Cli, ShowDryRunListVersion) {
+  TempDir dir;
+  write_text(dir.file("tiny.yaml"), kTiny);
+  Result r = sqlab_cli(dir, "show tiny.yaml --set quant.a_bits=8");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("a_bits: 8"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("runs (4):"), std::string::npos) << r.out;
+  r = sqlab_cli(dir, "run tiny.yaml --dry-run --out out");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("rtn-s0-"), std::string::npos);
+  EXPECT_FALSE(fs::exists(dir.file("out")));
+  r = sqlab_cli(dir, "list methods --json");
+  ASSERT_EQ(r.code, 0);
+  const auto methods = nlohmann::json::parse(r.out);
+  bool has_identity = false;
+  for (const auto& m : methods) has_identity |= m["name"] == "identity";
+  EXPECT_TRUE(has_identity);
+  r = sqlab_cli(dir, "list datasets");
+  EXPECT_NE(r.out.find("synthetic"), std::string::npos);
+  fs::create_directories(dir.file("experiments"));
+  write_text(dir.file("experiments/tiny.yaml"), kTiny);
+  r = sqlab_cli(dir, "list experiments");
+  EXPECT_NE(r.out.find("a tiny test experiment"), std::string::npos) << r.out;
+  EXPECT_EQ(sqlab_cli(dir, "list colours").code, 2);
+  r = sqlab_cli(dir, "--version");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out.rfind("sqlab ", 0), 0u);
+  EXPECT_EQ(sqlab_cli(dir, "--help").code, 0);
+}
+
+}  // namespace
+}  // namespace sqlab

@@ -1,0 +1,117 @@
+// Every registered method, by being registered: orthogonality, invariance
+// X W^T = (X R)(W R)^T, fast apply against the dense matrix, inverse, determinism.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "core/method.h"
+#include "core/random.h"
+#include "datasets/synthetic.h"
+#include "methods/builtin.h"
+
+namespace sqlab {
+namespace {
+
+class NullLog : public FitLog {
+ public:
+  void trace(const std::string&, int64_t, double) override {}
+  void metric(const std::string&, double) override {}
+  void warn(const std::string&) override {}
+};
+
+MethodRegistry& registry() {
+  static MethodRegistry r = [] {
+    MethodRegistry methods("method");
+    register_builtin_methods(methods);
+    return methods;
+  }();
+  return r;
+}
+
+// A small LLaMA-like site (n = 64 = 8 x 8, so Kronecker and Hadamard methods apply).
+Site test_site(int64_t n = 64) {
+  SyntheticOptions o;
+  o.tokens = 256;
+  o.channels = n;
+  o.out_features = 48;
+  o.massive_count = 2;
+  o.massive_magnitude = {500.0};
+  o.normal_count = 4;
+  return SyntheticDataset(o).load(11).front();
+}
+
+RotationPtr fit(const std::string& name, const Site& site, uint64_t seed) {
+  ConfigReader options(YAML::Node(), "test", "methods." + name);
+  const auto method = registry().create(name, options);
+  NullLog log;
+  QuantConfig quant;
+  return method->fit(FitContext{site, quant, seed, log});
+}
+
+class EveryMethod : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EveryMethod, IsOrthogonalInvariantAndMatchesDense) {
+  const Site site = test_site();
+  const RotationPtr r = fit(GetParam(), site, 3);
+  ASSERT_EQ(r->size(), 64);
+  const at::Tensor R = r->dense();
+  ASSERT_EQ(R.scalar_type(), at::kDouble);
+  EXPECT_LT((R.t().matmul(R) - at::eye(64, at::kDouble)).abs().max().item<double>(), 1e-10);
+
+  const at::Tensor X = site.X.to(at::kDouble), W = site.W.to(at::kDouble);
+  const at::Tensor xr = r->apply(X), wr = r->fuse_into(W);
+  const at::Tensor y = X.matmul(W.t());
+  EXPECT_LT(((xr.matmul(wr.t()) - y).norm() / y.norm()).item<double>(), 1e-10);
+  EXPECT_LT(((xr - X.matmul(R)).norm() / X.norm()).item<double>(), 1e-10);
+  EXPECT_LT(((r->apply_inverse(xr) - X).norm() / X.norm()).item<double>(), 1e-10);
+  // float32 path: same rotation within float tolerance.
+  const at::Tensor xr32 = r->apply(site.X);
+  EXPECT_EQ(xr32.scalar_type(), at::kFloat);
+  EXPECT_LT(((xr32.to(at::kDouble) - X.matmul(R)).norm() / X.norm()).item<double>(), 1e-5);
+}
+
+TEST_P(EveryMethod, IsDeterministicForASeed) {
+  const Site site = test_site();
+  EXPECT_TRUE(at::equal(fit(GetParam(), site, 5)->dense(), fit(GetParam(), site, 5)->dense()));
+}
+
+TEST_P(EveryMethod, RecordsItsFactors) {
+  const RotationPtr r = fit(GetParam(), test_site(), 1);
+  const auto factors = r->factors();
+  ASSERT_FALSE(factors.empty());
+  if (factors.count("R")) EXPECT_TRUE(at::allclose(factors.at("R").to(at::kDouble), r->dense()));
+  if (factors.count("R1"))
+    EXPECT_TRUE(at::allclose(at::kron(factors.at("R1").to(at::kDouble), factors.at("R2").to(at::kDouble)), r->dense()));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMethods, EveryMethod, ::testing::ValuesIn(registry().names()),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& c : name) if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return name;
+                         });
+
+TEST(RandomOrthogonal, HaarSampleIsOrthogonalAndSeeded) {
+  const at::Tensor a = random_orthogonal_matrix(256, make_generator(1, "x"));
+  const at::Tensor b = random_orthogonal_matrix(256, make_generator(2, "x"));
+  EXPECT_LT((a.t().matmul(a) - at::eye(256, at::kDouble)).abs().max().item<double>(), 1e-12);
+  EXPECT_FALSE(at::allclose(a, b));
+  // Sign fix: no systematic sign on the diagonal of the QR's R, so the mean of the
+  // diagonal of Q is near 0 (it would be near +0.8/sqrt(n)*n^... without the fix).
+  EXPECT_LT(std::abs(a.diagonal().sum().item<double>()), 5.0);
+}
+
+TEST(Registry, UnknownAndDuplicateNames) {
+  MethodRegistry methods("method");
+  register_builtin_methods(methods);
+  ConfigReader options(YAML::Node(), "test", "methods.x");
+  try {
+    methods.create("nope", options);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown method 'nope' (valid: identity"), std::string::npos);
+  }
+  EXPECT_THROW(register_builtin_methods(methods), Error);
+}
+
+}  // namespace
+}  // namespace sqlab

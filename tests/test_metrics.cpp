@@ -1,0 +1,96 @@
+// Metrics on known inputs, histograms, and the site evaluation.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/histogram.h"
+#include "core/metrics.h"
+#include "core/random.h"
+#include "core/site_eval.h"
+
+namespace sqlab {
+namespace {
+
+TEST(Metrics, KnownValues) {
+  const at::Tensor ref = at::tensor({1.0, 1.0});
+  const at::Tensor approx = at::tensor({1.1, 0.9});
+  EXPECT_NEAR(relative_error(approx, ref), 0.1, 1e-12);
+  EXPECT_NEAR(sqnr_db(approx, ref), 20.0, 1e-9);
+  EXPECT_NEAR(mean_squared_error(approx, ref), 0.01, 1e-12);
+  EXPECT_DOUBLE_EQ(abs_max(at::tensor({-3.0, 2.0})), 3.0);
+  EXPECT_NEAR(kurtosis(at::tensor({1.0, -1.0, 1.0, -1.0})), 1.0, 1e-12);
+  EXPECT_TRUE(std::isinf(sqnr_db(ref, ref)));
+  EXPECT_EQ(relative_error(ref, ref), 0.0);
+}
+
+TEST(Metrics, KurtosisSeesOutliers) {
+  at::manual_seed(0);
+  const at::Tensor gaussian = at::randn({200000}, at::kDouble);
+  EXPECT_NEAR(kurtosis(gaussian), 3.0, 0.1);
+  at::Tensor spiky = gaussian.clone();
+  spiky[0] = 1000.0;
+  EXPECT_GT(kurtosis(spiky), 100.0);
+}
+
+TEST(Histograms, CountsEverythingOnSymmetricEdges) {
+  const at::Tensor x = at::tensor({-2.0f, -1.0f, 0.5f, 2.0f, 0.0f});
+  const Histogram h = make_histogram(x, 4);
+  ASSERT_EQ(h.edges.size(), 5u);
+  ASSERT_EQ(h.counts.size(), 4u);
+  EXPECT_DOUBLE_EQ(h.edges.front(), -2.0);
+  EXPECT_DOUBLE_EQ(h.edges.back(), 2.0);
+  EXPECT_EQ(h.counts, (std::vector<double>{1, 1, 2, 1}));
+  const Histogram zeros = make_histogram(at::zeros({3}), 2);
+  EXPECT_DOUBLE_EQ(zeros.edges.back(), 1.0);
+  EXPECT_DOUBLE_EQ(zeros.counts[0] + zeros.counts[1], 3.0);
+}
+
+Site random_site(int64_t t, int64_t n, int64_t c) {
+  at::manual_seed(7);
+  return Site{"s", at::randn({t, n}), at::randn({c, n})};
+}
+
+TEST(SiteEvaluation, NoQuantizationNoError) {
+  const Site site = random_site(32, 16, 8);
+  QuantConfig q;
+  q.weight.bits = 16;
+  q.act.bits = 16;
+  const SiteEvaluation e = evaluate_site(site, IdentityRotation(16), q, 8);
+  EXPECT_LT(e.metrics.at("rel_output_error"), 1e-6);
+  EXPECT_LT(e.metrics.at("invariance_error"), 1e-7);
+  EXPECT_EQ(e.act_before.counts.size(), 8u);
+}
+
+TEST(SiteEvaluation, RotationKeepsTheOutputAndSpreadsOutliers) {
+  Site site = random_site(64, 32, 16);
+  site.X.select(1, 3).mul_(50.0);  // one outlier channel
+  DenseRotation rotation(random_orthogonal_matrix(32, make_generator(1, "test")));
+  const SiteEvaluation plain = evaluate_site(site, IdentityRotation(32), QuantConfig{}, 0);
+  const SiteEvaluation rotated = evaluate_site(site, rotation, QuantConfig{}, 0);
+  EXPECT_LT(rotated.metrics.at("invariance_error"), 1e-5);
+  EXPECT_LT(rotated.metrics.at("act_absmax"), plain.metrics.at("act_absmax"));
+  EXPECT_LT(rotated.metrics.at("rel_output_error"), plain.metrics.at("rel_output_error"));
+  EXPECT_DOUBLE_EQ(rotated.metrics.at("act_absmax_before"), plain.metrics.at("act_absmax"));
+  // The error metric is what it says: recompute it by hand.
+  const at::Tensor y = at::matmul(site.X, site.W.t());
+  const at::Tensor yq = at::matmul(fake_quant(site.X, QuantConfig{}.act), fake_quant(site.W, QuantConfig{}.weight).t());
+  EXPECT_NEAR(plain.metrics.at("rel_output_error"), ((yq - y).norm() / y.norm()).item<double>(), 1e-5);
+}
+
+TEST(SiteEvaluation, BadSitesAreNamed) {
+  Site site = random_site(4, 8, 2);
+  site.X[1][2] = std::nanf("");
+  try {
+    check_site(site);
+    FAIL() << "NaN not detected";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("site s: X contains NaN"), std::string::npos) << e.what();
+  }
+  Site mismatched = random_site(4, 8, 2);
+  mismatched.W = at::randn({2, 9});
+  EXPECT_THROW(check_site(mismatched), std::exception);
+}
+
+}  // namespace
+}  // namespace sqlab
