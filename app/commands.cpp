@@ -60,9 +60,7 @@ void print_runs(const Experiment& ex) {
     fmt::print("  {}  label={} method={} seed={}{}\n", run.run_id, run.label, run.method, run.seed, point_text(run));
 }
 
-void validate(const Experiment& ex, const Registries& registries) {
-  for (const auto& run : ex.runs) prepare_run(ex, run, registries);
-}
+void validate(const Experiment& ex, const Registries& registries) { prepare_all(ex, registries); }
 
 nlohmann::json run_json(const Experiment& ex) {
   nlohmann::json runs = nlohmann::json::array();

@@ -14,6 +14,9 @@ class Dataset {
   virtual ~Dataset() = default;
   // The sites of one run; `seed` is the run's seed (random sources must use it).
   virtual std::vector<Site> load(uint64_t seed) const = 0;
+  // Checks the source in full (files, names, shapes, dtypes, NaN/Inf) before any run
+  // starts; throws config errors (exit 2). Called once per distinct data block.
+  virtual void validate() const {}
 };
 
 using DatasetRegistry = Registry<Dataset>;

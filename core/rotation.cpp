@@ -50,4 +50,25 @@ at::Tensor DenseRotation::apply_inverse(const at::Tensor& y) const {
   return at::matmul(y, matrix_for(y).t());
 }
 
+ComposedRotation::ComposedRotation(RotationPtr first, RotationPtr second, std::string description)
+    : first_(std::move(first)), second_(std::move(second)), description_(std::move(description)) {
+  if (!first_ || !second_ || first_->size() != second_->size())
+    throw Error("composed rotation: both parts must exist and have the same size");
+  if (description_.empty()) description_ = first_->describe() + " then " + second_->describe();
+}
+
+at::Tensor ComposedRotation::apply(const at::Tensor& x) const {
+  return second_->apply(first_->apply(x));
+}
+
+at::Tensor ComposedRotation::apply_inverse(const at::Tensor& y) const {
+  return first_->apply_inverse(second_->apply_inverse(y));
+}
+
+at::Tensor ComposedRotation::fuse_into(const at::Tensor& w) const {
+  return second_->fuse_into(first_->fuse_into(w));
+}
+
+at::Tensor ComposedRotation::dense() const { return at::matmul(first_->dense(), second_->dense()); }
+
 }  // namespace sqlab

@@ -68,4 +68,24 @@ class DenseRotation : public Rotation {
 // Checks the last dimension of `x` against the rotation's size.
 void check_rotation_input(const Rotation& rotation, const at::Tensor& x, const char* what);
 
+// R = R_a R_b: apply_b(apply_a(x)). Orthogonal when both parts are; factors() is dense.
+class ComposedRotation : public Rotation {
+ public:
+  ComposedRotation(RotationPtr first, RotationPtr second, std::string description = "");
+  int64_t size() const override { return first_->size(); }
+  at::Tensor apply(const at::Tensor& x) const override;
+  at::Tensor apply_inverse(const at::Tensor& y) const override;
+  at::Tensor fuse_into(const at::Tensor& w) const override;
+  at::Tensor dense() const override;
+  bool orthogonal() const override { return first_->orthogonal() && second_->orthogonal(); }
+  std::string describe() const override { return description_; }
+  const Rotation& first() const { return *first_; }
+  const Rotation& second() const { return *second_; }
+
+ private:
+  RotationPtr first_;
+  RotationPtr second_;
+  std::string description_;
+};
+
 }  // namespace sqlab

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <set>
 
 #include "core/config.h"
 #include "core/error.h"
@@ -153,6 +154,16 @@ void prepare_directory(const Experiment& ex, const fs::path& out) {
 
 }  // namespace
 
+std::vector<PreparedRun> prepare_all(const Experiment& ex, const Registries& registries) {
+  std::vector<PreparedRun> prepared;
+  std::set<std::string> validated;  // data blocks, whatever the seed
+  for (const RunSpec& run : ex.runs) {
+    prepared.push_back(prepare_run(ex, run, registries));
+    if (validated.insert(yaml_to_flow(run.config["data"])).second) prepared.back().dataset->validate();
+  }
+  return prepared;
+}
+
 PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registries& registries) {
   PreparedRun p;
   p.spec = &run;
@@ -177,8 +188,7 @@ PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registri
 }
 
 RunnerResult run_experiment(const Experiment& ex, const Registries& registries, const RunnerOptions& options) {
-  std::vector<PreparedRun> prepared;  // every run validated before the first one starts
-  for (const RunSpec& run : ex.runs) prepared.push_back(prepare_run(ex, run, registries));
+  const std::vector<PreparedRun> prepared = prepare_all(ex, registries);
   const fs::path out(options.out_dir);
   prepare_directory(ex, out);
 

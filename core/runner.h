@@ -35,6 +35,10 @@ struct PreparedRun {
 // experiment file, the line and the key.
 PreparedRun prepare_run(const Experiment& experiment, const RunSpec& run, const Registries& registries);
 
+// prepare_run for every run, and each distinct data source validated once: all
+// configuration errors surface before the first run starts.
+std::vector<PreparedRun> prepare_all(const Experiment& experiment, const Registries& registries);
+
 struct RunnerOptions {
   std::string out_dir;
   bool resume = false;

@@ -12,6 +12,8 @@ packages=(
   libopenblas0-openmp libtcmalloc-minimal4
   # Figures: called through /usr/bin/python3.
   python3 python3-matplotlib python3-h5py python3-numpy
+  # Notebooks (executed headless by the tests): nbconvert and the kernel.
+  python3-nbconvert python3-ipykernel
 )
 
 sudo_cmd=()
