@@ -1,4 +1,6 @@
 #include "app/commands.h"
+#include "app/plot_command.h"
+#include "app/show_results.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -92,6 +94,7 @@ int command_run(const std::vector<std::string>& args, const Registries& registri
   if (!parse_args("run", args, options, positional, "sqlab run EXPERIMENT.yaml [options]", vm)) return 0;
 
   const Experiment ex = load_experiment(require_file(vm, "run"), overrides_of(vm));
+  check_plot_names(ex);
   const bool json = vm["json"].as<bool>();
   if (vm["dry-run"].as<bool>()) {
     validate(ex, registries);
@@ -104,14 +107,19 @@ int command_run(const std::vector<std::string>& args, const Registries& registri
   runner.resume = vm["resume"].as<bool>();
   runner.progress = stderr_is_terminal();
   const RunnerResult result = run_experiment(ex, registries, runner);
+  // `plots:` figures come after the runs; their failure is reported, not the exit code.
+  const bool plot = ex.plots && result.exit_code != 130;
+  const PlotOutcome figures = plot ? draw_figures(runner.out_dir, "", ex.plot_names) : PlotOutcome{};
   if (json) {
     nlohmann::json j = summary_json(ex.name, result.rows, ex.swept_keys);
     j["output"] = runner.out_dir;
     j["exit_code"] = result.exit_code;
+    if (plot) j["figures"] = figures.paths;
     fmt::print("{}\n", j.dump(2));
   } else {
     fmt::print("results: {}\n\n{}", fs::absolute(runner.out_dir).lexically_normal().string(),
                metrics_table(result.rows, kTableMetrics));
+    if (plot) print_figures_line(runner.out_dir, figures);
   }
   if (result.exit_code == 130) fmt::print(stderr, "sqlab: interrupted; completed runs are saved (use --resume)\n");
   return result.exit_code;
@@ -119,12 +127,20 @@ int command_run(const std::vector<std::string>& args, const Registries& registri
 
 int command_show(const std::vector<std::string>& args, const Registries& registries) {
   po::options_description options("options");
-  options.add_options()("experiment", po::value<std::string>(), "experiment YAML file")(
-      "set", po::value<std::vector<std::string>>()->composing(), "override a key: --set a.b.c=VALUE");
+  options.add_options()("experiment", po::value<std::string>(), "experiment YAML file or results directory")(
+      "set", po::value<std::vector<std::string>>()->composing(), "override a key: --set a.b.c=VALUE")(
+      "format", po::value<std::string>()->default_value("table"), "results directory: table | markdown | json")(
+      "metric", po::value<std::vector<std::string>>()->composing(), "results directory: a metric to show (repeat)");
   po::positional_options_description positional;
   positional.add("experiment", 1);
   po::variables_map vm;
-  if (!parse_args("show", args, options, positional, "sqlab show EXPERIMENT.yaml [--set KEY=VALUE]...", vm)) return 0;
+  if (!parse_args("show", args, options, positional,
+                  "sqlab show EXPERIMENT.yaml [--set KEY=VALUE]...\n"
+                  "       sqlab show RESULTS_DIR [--format table|markdown|json] [--metric NAME]...", vm))
+    return 0;
+  if (vm.count("experiment") && fs::is_directory(vm["experiment"].as<std::string>()))
+    return show_results(vm["experiment"].as<std::string>(), vm["format"].as<std::string>(),
+                        vm.count("metric") ? vm["metric"].as<std::vector<std::string>>() : std::vector<std::string>{});
   const Experiment ex = load_experiment(require_file(vm, "show"), overrides_of(vm));
   validate(ex, registries);
   YAML::Emitter out;

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "app/commands.h"
+#include "app/export_command.h"
+#include "app/plot_command.h"
 #include "core/error.h"
 #include "core/system.h"
 #include "datasets/builtin.h"
@@ -20,7 +22,10 @@ const char* kUsage = R"(sqlab: rotation-based quantization experiments for LLMs
 usage:
   sqlab run EXPERIMENT.yaml [--set KEY=VALUE]... [--out DIR] [--resume] [--dry-run] [--json]
   sqlab show EXPERIMENT.yaml [--set KEY=VALUE]...
+  sqlab show RESULTS_DIR [--format table|markdown|json] [--metric NAME]...
   sqlab list methods|datasets|experiments [--json]
+  sqlab plot RESULTS_DIR [--out DIR]
+  sqlab export RESULTS_DIR [--run RUN_ID] [--format safetensors|npy] --out DIR
   sqlab --help | --version
 
 exit codes: 0 all runs complete; 1 a run failed (the others ran and were saved);
@@ -62,7 +67,9 @@ int main(int argc, char** argv) {
     if (command == "run") return sqlab::command_run(args, registries);
     if (command == "show") return sqlab::command_show(args, registries);
     if (command == "list") return sqlab::command_list(args, registries);
-    fmt::print(stderr, "sqlab: unknown command '{}' (valid: run, show, list)\n\n{}", command, kUsage);
+    if (command == "plot") return sqlab::command_plot(args);
+    if (command == "export") return sqlab::command_export(args);
+    fmt::print(stderr, "sqlab: unknown command '{}' (valid: run, show, list, plot, export)\n\n{}", command, kUsage);
     return 2;
   } catch (const sqlab::Error& e) {
     fmt::print(stderr, "sqlab: {}\n", e.what());

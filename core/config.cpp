@@ -74,15 +74,57 @@ YAML::Mark locate_key(const YAML::Node& root, const std::string& dotted) {
   return node ? node.Mark() : YAML::Mark::null_mark();
 }
 
-ConfigReader::ConfigReader(YAML::Node node, std::string file, std::string path, YAML::Node origin)
-    : node_(node), file_(std::move(file)), path_(std::move(path)), origin_(origin) {
-  if (node_ && !node_.IsNull() && !node_.IsMap()) {
-    const YAML::Mark mark = origin_ ? locate_key(origin_, path_) : node_.Mark();
-    std::string where_text = file_;
-    if (!mark.is_null()) where_text += fmt::format(":{}:{}", mark.line + 1, mark.column + 1);
-    throw config_error(fmt::format("{}: {}: expected a mapping, got '{}'", where_text,
-                                   path_.empty() ? "(top level)" : path_, yaml_to_flow(node_)));
+namespace {
+
+std::string entry_name(const YAML::Node& entry, size_t index) {
+  if (entry.IsMap()) {
+    const YAML::Node name = entry["label"] ? entry["label"] : entry["method"];
+    if (name && name.IsScalar()) return name.Scalar();
   }
+  return std::to_string(index);
+}
+
+std::string join_key(const std::string& prefix, const std::string& key) {
+  return prefix.empty() ? key : prefix + "." + key;
+}
+
+std::string format_location(const std::string& file, const YAML::Mark& mark) {
+  if (mark.is_null()) return file;
+  return fmt::format("{}:{}:{}", file, mark.line + 1, mark.column + 1);
+}
+
+}  // namespace
+
+void erase_sources(const std::string& prefix, SourceMap& sources) {
+  sources.erase(prefix);
+  const std::string below = prefix.empty() ? "" : prefix + ".";
+  for (auto it = sources.lower_bound(below); it != sources.end() && it->first.rfind(below, 0) == 0;)
+    it = sources.erase(it);
+}
+
+void record_sources(const YAML::Node& node, const std::string& file, const std::string& prefix,
+                    SourceMap& sources) {
+  if (!prefix.empty()) sources[prefix] = KeySource{file, node.Mark()};
+
+  if (node.IsMap()) {
+    for (const auto& item : node) {
+      const std::string key = join_key(prefix, item.first.as<std::string>());
+      // A mapping merges into what was there; anything else replaces it.
+      if (!item.second.IsMap()) erase_sources(key, sources);
+      record_sources(item.second, file, key, sources);
+    }
+  } else if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i)
+      record_sources(node[i], file, join_key(prefix, entry_name(node[i], i)), sources);
+  }
+}
+
+ConfigReader::ConfigReader(YAML::Node node, std::string file, std::string path,
+                           std::shared_ptr<const SourceMap> sources)
+    : node_(node), file_(std::move(file)), path_(std::move(path)), sources_(std::move(sources)) {
+  if (node_ && !node_.IsNull() && !node_.IsMap())
+    throw config_error(fmt::format("{}: {}: expected a mapping, got '{}'", location_of(path_, node_),
+                                   path_.empty() ? "(top level)" : path_, yaml_to_flow(node_)));
 }
 
 std::string ConfigReader::key_path(const std::string& key) const {
@@ -112,24 +154,26 @@ std::string ConfigReader::choice(const std::string& key, const std::string& fall
 ConfigReader ConfigReader::child(const std::string& key) {
   YAML::Node value = lookup(key);
   if (value && !value.IsMap()) fail(key, "expected a mapping, got '" + yaml_to_flow(value) + "'");
-  return ConfigReader(value ? value : YAML::Node(), file_, key_path(key), origin_);
+  return ConfigReader(value ? value : YAML::Node(), file_, key_path(key), sources_);
+}
+
+std::string ConfigReader::location_of(const std::string& full_path, const YAML::Node& node) const {
+  if (!sources_) return format_location(file_, node ? node.Mark() : YAML::Mark::null_mark());
+  // Nodes copied by sweeps and --set carry zero marks: take file and line from the
+  // source map (the key itself, else the nearest enclosing key that has one).
+  std::string probe = full_path;
+  while (true) {
+    auto it = sources_->find(probe);
+    if (it != sources_->end()) return format_location(it->second.file, it->second.mark);
+    const size_t dot = probe.rfind('.');
+    if (probe.empty() || dot == std::string::npos) return file_;
+    probe = probe.substr(0, dot);
+  }
 }
 
 std::string ConfigReader::where(const std::string& key) const {
-  // Nodes copied by sweeps and --set carry zero marks, not null ones: take the line
-  // from the file's own document whenever there is one.
-  YAML::Mark mark = YAML::Mark::null_mark();
-  if (origin_) {
-    mark = locate_key(origin_, key_path(key));
-    if (mark.is_null()) mark = locate_key(origin_, path_);
-  } else if (has(key)) {
-    mark = node_[key].Mark();
-  } else if (node_) {
-    mark = node_.Mark();
-  }
-  std::string location = file_;
-  if (!mark.is_null()) location += fmt::format(":{}:{}", mark.line + 1, mark.column + 1);
-  return location + ": " + key_path(key);
+  const YAML::Node node = has(key) ? node_[key] : node_;
+  return location_of(key_path(key), node) + ": " + key_path(key);
 }
 
 void ConfigReader::fail(const std::string& key, const std::string& message) const {

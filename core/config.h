@@ -6,6 +6,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,14 +31,30 @@ YAML::Node find_labelled(const YAML::Node& list, const std::string& label);
 // mark if it does not.
 YAML::Mark locate_key(const YAML::Node& root, const std::string& dotted);
 
+// Where each key of a resolved configuration was written: dotted key path (list
+// entries by label) -> file and position. Presets merge several files into one
+// configuration; errors must still name the file and line a key came from.
+struct KeySource {
+  std::string file;
+  YAML::Mark mark;
+};
+using SourceMap = std::map<std::string, KeySource>;
+
+// Records every key path of `node` (placed at `prefix`) as coming from `file`,
+// replacing what earlier files said about those paths and below them.
+void record_sources(const YAML::Node& node, const std::string& file, const std::string& prefix,
+                    SourceMap& sources);
+// Forgets `prefix` and everything below it.
+void erase_sources(const std::string& prefix, SourceMap& sources);
+
 class ConfigReader {
  public:
   // `node` must be a mapping or null (treated as empty). `path` is the dotted key
-  // path of this mapping inside `file` ("" at the root). Nodes built by sweeps and
-  // --set have no line numbers; `origin` (the file's own document) supplies them
-  // for keys that stand in the file.
+  // path of this mapping inside `file` ("" at the root). Nodes copied by sweeps and
+  // --set have no line numbers; `sources` supplies file and line for keys that were
+  // written in a file (without it, the nodes' own marks are used).
   ConfigReader(YAML::Node node, std::string file, std::string path,
-               YAML::Node origin = YAML::Node());
+               std::shared_ptr<const SourceMap> sources = nullptr);
 
   bool has(const std::string& key) const;
 
@@ -75,13 +93,15 @@ class ConfigReader {
 
  private:
   YAML::Node lookup(const std::string& key);
+  // "file:line:col" of a dotted path (just "file" when unknown).
+  std::string location_of(const std::string& full_path, const YAML::Node& node) const;
   template <class T>
   T convert(const std::string& key, const YAML::Node& value) const;
 
   YAML::Node node_;
   std::string file_;
   std::string path_;
-  YAML::Node origin_;
+  std::shared_ptr<const SourceMap> sources_;
   std::vector<std::string> known_;
 };
 

@@ -2,17 +2,20 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
+#include <memory>
 #include <set>
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/presets.h"
 
 namespace sqlab {
 namespace {
 
 const std::vector<std::string> kTopLevelKeys = {"name", "description", "seeds", "data", "quant",
-                                                "methods", "sweep", "record", "output"};
+                                                "methods", "sweep", "record", "output", "defaults", "plots"};
 
 // One point of the sweep: the values of every swept key.
 using SweepPoint = std::vector<std::pair<std::string, YAML::Node>>;
@@ -124,12 +127,41 @@ bool applies_to(const std::string& key, const std::string& label) {
   return parts.size() < 2 || parts[0] != "methods" || parts[1] == label;
 }
 
-void apply_overrides(YAML::Node root, const std::vector<std::string>& overrides, const std::string& file) {
-  for (const std::string& text : overrides) {
+// --set KEY=VALUE, split into fragment swaps (KEY is a group that `defaults` names
+// and VALUE a fragment name) and plain key overrides.
+struct Overrides {
+  std::map<std::string, std::string> swaps;
+  std::vector<std::pair<std::string, YAML::Node>> keys;
+  std::vector<std::string> origins;
+};
+
+Overrides parse_overrides(const std::vector<std::string>& texts, const std::string& file,
+                          const std::vector<std::string>& groups) {
+  Overrides result;
+  for (const std::string& text : texts) {
     const std::string origin = file + ": --set " + text;
     const size_t eq = text.find('=');
     if (eq == std::string::npos || eq == 0) throw config_error(origin + ": expected KEY=VALUE");
-    set_dotted(root, text.substr(0, eq), parse_yaml_value(text.substr(eq + 1), origin), origin);
+    const std::string key = text.substr(0, eq);
+    const YAML::Node value = parse_yaml_value(text.substr(eq + 1), origin);
+    if (std::find(groups.begin(), groups.end(), key) != groups.end() && value.IsScalar()) {
+      result.swaps[key] = value.Scalar();
+    } else {
+      result.keys.emplace_back(key, value);
+      result.origins.push_back(origin);
+    }
+  }
+  return result;
+}
+
+// Sets each override and notes where it came from (errors then name the --set).
+void apply_overrides(YAML::Node root, SourceMap& sources, const Overrides& overrides) {
+  for (size_t i = 0; i < overrides.keys.size(); ++i) {
+    const auto& [key, value] = overrides.keys[i];
+    set_dotted(root, key, value, overrides.origins[i]);
+    erase_sources(key, sources);
+    record_sources(value, overrides.origins[i], key, sources);
+    sources[key] = KeySource{overrides.origins[i], YAML::Mark::null_mark()};
   }
 }
 
@@ -205,21 +237,80 @@ std::string make_run_id(const std::string& label, int64_t seed, const YAML::Node
   return fmt::format("{}-s{}-{:08x}", safe, seed, static_cast<uint32_t>(h ^ (h >> 32)));
 }
 
-Experiment load_experiment(const std::string& file, const std::vector<std::string>& overrides) {
+namespace {
+
+bool is_group(const std::vector<std::string>& groups, const std::string& key) {
+  return std::find(groups.begin(), groups.end(), key) != groups.end();
+}
+
+// The configuration of one sweep point: presets resolved again when the point swaps
+// a fragment, then the point's other keys set; `sources` says where each key came from.
+YAML::Node point_config(const Experiment& ex, const Overrides& overrides, const std::vector<std::string>& groups,
+                        const SweepPoint& point, SourceMap& sources) {
+  std::map<std::string, std::string> swaps = overrides.swaps;
+  for (const auto& [key, value] : point)
+    if (is_group(groups, key)) swaps[key] = value.as<std::string>();
+  YAML::Node root;
+  if (swaps == overrides.swaps) {
+    root = clone_yaml(ex.resolved);
+    sources = *ex.sources;
+  } else {
+    ResolvedConfig resolved = resolve_presets(ex.document, ex.file, swaps);
+    root = resolved.node;
+    sources = std::move(resolved.sources);
+    apply_overrides(root, sources, overrides);
+  }
+  for (const auto& [key, value] : point) {
+    if (is_group(groups, key)) continue;
+    set_dotted(root, key, value, ex.file + ": sweep " + key);
+    erase_sources(key, sources);
+    sources[key] = KeySource{ex.file, value.Mark()};
+  }
+  return root;
+}
+
+}  // namespace
+
+// `plots: true | false | NAME | [NAME, ...]`: draw figures after the runs. The names
+// (figure families) are checked by the command line, which knows them.
+static void parse_plots(ConfigReader& root, Experiment& ex) {
+  const YAML::Node node = root.raw("plots");
+  if (!node || node.IsNull()) return;
+  bool flag = false;
+  if (node.IsScalar() && YAML::convert<bool>::decode(node, flag)) {
+    ex.plots = flag;
+    return;
+  }
+  if (node.IsScalar()) ex.plot_names.push_back(node.as<std::string>());
+  if (node.IsSequence())
+    for (const auto& item : node) {
+      if (!item.IsScalar()) root.fail("plots", "expected a list of figure names");
+      ex.plot_names.push_back(item.as<std::string>());
+    }
+  if (ex.plot_names.empty()) root.fail("plots", "expected true, false or a list of figure names");
+  ex.plots = true;
+}
+
+Experiment load_experiment(const std::string& file, const std::vector<std::string>& override_texts) {
   Experiment ex;
   ex.file = file;
   ex.document = load_yaml_file(file);
   if (!ex.document.IsMap())
     throw config_error(fmt::format("{}: expected a mapping at the top level", file));
-  ex.resolved = clone_yaml(ex.document);
-  apply_overrides(ex.resolved, overrides, file);
+  const std::vector<std::string> groups = preset_groups(ex.document, file);
+  const Overrides overrides = parse_overrides(override_texts, file, groups);
+  ResolvedConfig resolved = resolve_presets(ex.document, file, overrides.swaps);
+  ex.resolved = resolved.node;
+  apply_overrides(ex.resolved, resolved.sources, overrides);
+  ex.sources = std::make_shared<const SourceMap>(std::move(resolved.sources));
 
-  ConfigReader root(ex.resolved, file, "", ex.document);
+  ConfigReader root(ex.resolved, file, "", ex.sources);
   ex.name = root.get<std::string>("name", default_name(file));
   ex.description = root.get<std::string>("description", "");
   ex.output = root.get<std::string>("output", "results/{name}");
   const size_t brace = ex.output.find("{name}");
   if (brace != std::string::npos) ex.output.replace(brace, 6, ex.name);
+  parse_plots(root, ex);
   const std::vector<int64_t> seeds = parse_seeds(root);
   const std::vector<MethodEntry> entries = parse_method_entries(root);
   if (!root.has("data")) root.fail("data", "required key is missing");
@@ -231,11 +322,13 @@ Experiment load_experiment(const std::string& file, const std::vector<std::strin
   for (const auto& [key, value] : points.front()) ex.swept_keys.push_back(key);
   std::set<std::string> seen;
   for (const SweepPoint& point : points) {
-    YAML::Node point_root = clone_yaml(ex.resolved);
-    for (const auto& [key, value] : point) set_dotted(point_root, key, value, file + ": sweep " + key);
+    SourceMap sources;
+    const YAML::Node point_root = point_config(ex, overrides, groups, point, sources);
+    auto shared_sources = std::make_shared<const SourceMap>(std::move(sources));
     for (int64_t seed : seeds)
       for (size_t i = 0; i < entries.size(); ++i) {
         RunSpec run = make_run(ex, point_root, point, i, entries[i].label, seed);
+        run.sources = shared_sources;
         if (seen.insert(run.run_id).second) ex.runs.push_back(std::move(run));
       }
   }

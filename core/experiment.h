@@ -5,7 +5,10 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "core/config.h"
+
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,6 +24,8 @@ struct RunSpec {
   std::vector<std::pair<std::string, std::string>> point;
   // Resolved configuration: name, seed, data, quant, method (the entry), record.
   YAML::Node config;
+  // Which file and line each key of the experiment came from (for error messages).
+  std::shared_ptr<const SourceMap> sources;
 };
 
 struct Experiment {
@@ -28,13 +33,17 @@ struct Experiment {
   std::string name;
   std::string description;
   std::string output;   // results directory (before --out)
-  YAML::Node document;  // the file as written (for line numbers)
-  YAML::Node resolved;  // after --set
+  bool plots = false;   // `plots:` draw figures after the runs
+  std::vector<std::string> plot_names;  // figure families to draw; empty: all
+  YAML::Node document;  // the file as written
+  YAML::Node resolved;  // presets merged (`defaults:`), then --set
+  std::shared_ptr<const SourceMap> sources;  // file and line of each key of `resolved`
   std::vector<std::string> swept_keys;
   std::vector<RunSpec> runs;
 };
 
-// Loads, applies overrides ("a.b.c=value") and expands. Throws config errors that
+// Loads, merges presets, applies overrides ("a.b.c=value", or "GROUP=FRAGMENT" for a
+// group that `defaults:` names) and expands. Throws config errors that
 // name the file, line and key.
 Experiment load_experiment(const std::string& file, const std::vector<std::string>& overrides);
 

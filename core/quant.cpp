@@ -92,7 +92,8 @@ std::string QuantSpec::describe() const {
   const char* gran = granularity == Granularity::per_tensor ? "per_tensor"
                      : granularity == Granularity::per_row  ? "per_row"
                                                             : "per_group";
-  return fmt::format("{}bit {} {} clip={}", bits, symmetric ? "sym" : "asym", gran, clip);
+  return fmt::format("{}bit {} {} clip={}{}", bits, symmetric ? "sym" : "asym", gran, clip,
+                     rounding == Rounding::smooth ? " smooth-rounding" : "");
 }
 
 at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& spec) {
@@ -100,7 +101,9 @@ at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& spec) {
   if (!spec.enabled()) return x;
   if (x.scalar_type() != at::kFloat || spec.granularity == Granularity::per_tensor) {
     at::NoGradGuard no_grad;
-    return fake_quant_ste(x, spec);  // same arithmetic through tensor ops
+    QuantSpec rounding_spec = spec;  // fake_quant always rounds (smooth is for training)
+    rounding_spec.rounding = Rounding::ste;
+    return fake_quant_ste(x, rounding_spec);  // same arithmetic through tensor ops
   }
   const at::Tensor in = x.contiguous();
   at::Tensor out = at::empty_like(in);
@@ -141,8 +144,15 @@ at::Tensor fake_quant_ste(const at::Tensor& x, const QuantSpec& spec) {
     }
   }
   const at::Tensor scaled = grouped / scale;
-  // Straight-through rounding: forward rounds, backward is the identity.
-  const at::Tensor rounded = scaled + (at::round(scaled) - scaled).detach();
+  at::Tensor rounded;
+  if (spec.rounding == Rounding::smooth) {
+    // Smooth control: u - sin(2 pi u) / (2 pi), differentiable with slope 1 - cos(2 pi u).
+    constexpr double two_pi = 6.283185307179586476925286766559;
+    rounded = scaled - at::sin(scaled * two_pi) / two_pi;
+  } else {
+    // Straight-through rounding: forward rounds, backward is the identity.
+    rounded = scaled + (at::round(scaled) - scaled).detach();
+  }
   const at::Tensor q = at::clamp(rounded + zero, grid.qmin, grid.qmax);
   return ((q - zero) * scale).reshape(x.sizes());
 }
@@ -178,6 +188,10 @@ QuantConfig parse_quant_config(ConfigReader& reader) {
   QuantConfig config;
   config.weight = parse_spec(reader, "w_", config.weight, "per_channel");
   config.act = parse_spec(reader, "a_", config.act, "per_token");
+  const Rounding rounding =
+      reader.choice("rounding", "ste", {"ste", "smooth"}) == "smooth" ? Rounding::smooth : Rounding::ste;
+  config.weight.rounding = rounding;
+  config.act.rounding = rounding;
   reader.finish();
   return config;
 }

@@ -15,12 +15,19 @@ class ConfigReader;
 // for a C_out x n weight it is per output channel.
 enum class Granularity { per_tensor, per_row, per_group };
 
+// How fake_quant_ste rounds: `ste` rounds in the forward pass and passes the gradient
+// straight through; `smooth` replaces round(u) by the Lipschitz-smooth surrogate
+// u - sin(2 pi u) / (2 pi) (exact at integers and half-integers, same scale), a
+// differentiable control for training experiments. fake_quant always rounds.
+enum class Rounding { ste, smooth };
+
 struct QuantSpec {
   int bits = 4;          // 2..8, or 16 (no quantization)
   bool symmetric = true;
   Granularity granularity = Granularity::per_row;
   int64_t group_size = 128;  // per_group: consecutive columns of a row
   double clip = 1.0;         // the range is clip * (min, max) of the group
+  Rounding rounding = Rounding::ste;  // fake_quant_ste only
 
   bool enabled() const { return bits < 16; }
   std::string describe() const;
@@ -34,7 +41,8 @@ struct QuantConfig {
 };
 
 // Reads the `quant:` mapping (keys w_bits, a_bits, w_sym, a_sym, w_granularity,
-// a_granularity, w_group_size, a_group_size, w_clip, a_clip).
+// a_granularity, w_group_size, a_group_size, w_clip, a_clip, and `rounding: ste|smooth`
+// for both weights and activations).
 QuantConfig parse_quant_config(ConfigReader& reader);
 
 // Quantize-dequantize. x: 2-D floating tensor. No autograd; the float32 path is a
@@ -43,7 +51,8 @@ at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& spec);
 
 // Differentiable version for training rotations (SpinQuant): rounding passes the
 // gradient straight through; the scale and zero point are treated as constants;
-// values clamped by the grid get zero gradient.
+// values clamped by the grid get zero gradient. With spec.rounding == smooth, rounding
+// is the smooth surrogate u - sin(2 pi u) / (2 pi) instead (its true gradient flows).
 at::Tensor fake_quant_ste(const at::Tensor& x, const QuantSpec& spec);
 
 }  // namespace sqlab

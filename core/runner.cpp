@@ -167,23 +167,23 @@ std::vector<PreparedRun> prepare_all(const Experiment& ex, const Registries& reg
 PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registries& registries) {
   PreparedRun p;
   p.spec = &run;
-  ConfigReader data(run.config["data"], ex.file, "data", ex.document);
+  ConfigReader data(run.config["data"], ex.file, "data", run.sources);
   p.data_source = data.get<std::string>("source", "");
   if (!registries.datasets.contains(p.data_source))
     data.fail("source", registries.datasets.unknown_message(p.data_source));
   p.dataset = registries.datasets.create(p.data_source, data);
   p.data_key = yaml_to_flow(run.config["data"]) + fmt::format("#seed={}", run.seed);
 
-  ConfigReader method(run.config["method"], ex.file, "methods." + run.label, ex.document);
+  ConfigReader method(run.config["method"], ex.file, "methods." + run.label, run.sources);
   method.raw("label");
   method.raw("method");
   if (!registries.methods.contains(run.method))
     method.fail("method", registries.methods.unknown_message(run.method));
   p.method = registries.methods.create(run.method, method);
 
-  ConfigReader quant(run.config["quant"], ex.file, "quant", ex.document);
+  ConfigReader quant(run.config["quant"], ex.file, "quant", run.sources);
   p.quant = parse_quant_config(quant);
-  p.record = parse_record(ConfigReader(run.config["record"], ex.file, "record", ex.document));
+  p.record = parse_record(ConfigReader(run.config["record"], ex.file, "record", run.sources));
   return p;
 }
 

@@ -146,4 +146,40 @@ std::string metrics_table(const std::vector<SummaryRow>& rows, const std::vector
   return out.str();
 }
 
+std::string metrics_markdown(const std::vector<SummaryRow>& rows, const std::vector<std::string>& metrics,
+                             const std::vector<std::string>& swept_keys) {
+  // '|' inside a cell would end it early.
+  auto cell = [](std::string text) {
+    for (size_t at = text.find('|'); at != std::string::npos; at = text.find('|', at + 2)) text.replace(at, 1, "\\|");
+    return text;
+  };
+  std::ostringstream out;
+  out << "| label |";
+  for (const auto& key : swept_keys) out << " " << cell(last_part(key)) << " |";
+  out << " runs |";
+  for (const auto& m : metrics) out << " " << cell(m) << " |";
+  out << "\n|---|";
+  for (size_t i = 0; i < swept_keys.size(); ++i) out << "---|";
+  out << "---:|";
+  for (size_t i = 0; i < metrics.size(); ++i) out << "---:|";
+  out << "\n";
+  for (const auto& g : group_rows(rows)) {
+    out << "| " << cell(g.label) << " |";
+    for (const auto& key : swept_keys) {
+      std::string value = "";
+      for (const auto& [k, v] : g.point)
+        if (k == key) value = v;
+      out << " " << cell(value) << " |";
+    }
+    out << " " << g.runs << " |";
+    for (const auto& m : metrics) {
+      auto it = g.metrics.find(m);
+      out << " " << (it == g.metrics.end() ? "-" : fmt::format("{:.4g} ± {:.2g}", it->second.first, it->second.second))
+          << " |";
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
 }  // namespace sqlab

@@ -38,5 +38,8 @@ nlohmann::json summary_json(const std::string& name, const std::vector<SummaryRo
                             const std::vector<std::string>& swept_keys);
 // A fixed-width table of `metrics` (mean ± stderr) per group, for the terminal.
 std::string metrics_table(const std::vector<SummaryRow>& rows, const std::vector<std::string>& metrics);
+// The same as a Markdown table (label, each swept key, runs, metrics), for a paper draft.
+std::string metrics_markdown(const std::vector<SummaryRow>& rows, const std::vector<std::string>& metrics,
+                             const std::vector<std::string>& swept_keys);
 
 }  // namespace sqlab

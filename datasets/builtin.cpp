@@ -3,7 +3,15 @@
 namespace sqlab {
 
 void register_synthetic(DatasetRegistry& registry);
+void register_hdf5_dataset(DatasetRegistry& registry);
+void register_safetensors_dataset(DatasetRegistry& registry);
+void register_npy_dataset(DatasetRegistry& registry);
 
-void register_builtin_datasets(DatasetRegistry& registry) { register_synthetic(registry); }
+void register_builtin_datasets(DatasetRegistry& registry) {
+  register_synthetic(registry);
+  register_hdf5_dataset(registry);
+  register_safetensors_dataset(registry);
+  register_npy_dataset(registry);
+}
 
 }  // namespace sqlab

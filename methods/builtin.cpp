@@ -4,10 +4,14 @@ namespace sqlab {
 
 void register_identity(MethodRegistry& registry);
 void register_random_orthogonal(MethodRegistry& registry);
+void register_art(MethodRegistry& registry);
+void register_urt(MethodRegistry& registry);
 
 void register_builtin_methods(MethodRegistry& registry) {
   register_identity(registry);
   register_random_orthogonal(registry);
+  register_art(registry);
+  register_urt(registry);
 }
 
 }  // namespace sqlab

@@ -1,0 +1,116 @@
+#include "app/show_results.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <set>
+
+#include "core/error.h"
+#include "core/summary.h"
+
+namespace sqlab {
+namespace fs = std::filesystem;
+namespace {
+
+// Shown when no --metric is given, in this order, when the runs have them.
+const std::vector<std::string> kHeadline = {"rel_output_error", "ppl", "sqnr_db", "act_absmax", "act_kurtosis",
+                                            "build_seconds"};
+
+nlohmann::json read_summary(const std::string& dir) {
+  const fs::path path = fs::path(dir) / "summary.json";
+  std::ifstream in(path);
+  if (!in) throw config_error(fmt::format("show: {}: no summary.json (is this a sqlab results directory?)", dir));
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw config_error(fmt::format("show: {}: unreadable: {}", path.string(), e.what()));
+  }
+}
+
+// summary.json's runs back into rows (null metrics, written for NaN, come back as NaN).
+std::vector<SummaryRow> rows_of(const nlohmann::json& summary) {
+  std::vector<SummaryRow> rows;
+  const nlohmann::json runs = summary.value("runs", nlohmann::json::array());
+  for (const auto& r : runs) {
+    SummaryRow row;
+    row.run_id = r.value("run_id", "");
+    row.label = r.value("label", "");
+    row.method = r.value("method", "");
+    row.seed = r.value("seed", int64_t{0});
+    row.status = r.value("status", "");
+    row.error = r.value("error", "");
+    // Named copies: items() of a temporary would dangle inside the range-for.
+    const nlohmann::json point = r.value("point", nlohmann::json::object());
+    const nlohmann::json metrics = r.value("metrics", nlohmann::json::object());
+    for (const auto& [key, value] : point.items())
+      row.point.emplace_back(key, value.is_string() ? value.get<std::string>() : value.dump());
+    for (const auto& [key, value] : metrics.items())
+      row.metrics[key] = value.is_number() ? value.get<double>() : std::numeric_limits<double>::quiet_NaN();
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+std::vector<std::string> choose_metrics(const std::vector<SummaryRow>& rows, const std::vector<std::string>& asked) {
+  std::set<std::string> present;
+  for (const auto& row : rows)
+    for (const auto& [name, value] : row.metrics) present.insert(name);
+  if (asked.empty()) {
+    std::vector<std::string> chosen;
+    for (const auto& name : kHeadline)
+      if (present.count(name)) chosen.push_back(name);
+    return chosen;
+  }
+  for (const auto& name : asked)
+    if (!present.count(name))
+      throw config_error(fmt::format("show: unknown metric '{}' (valid: {})", name, fmt::join(present, ", ")));
+  return asked;
+}
+
+nlohmann::json number(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr); }
+
+nlohmann::json groups_json(const nlohmann::json& summary, const std::vector<SummaryRow>& rows,
+                           const std::vector<std::string>& metrics) {
+  nlohmann::json groups = nlohmann::json::array();
+  for (const auto& g : group_rows(rows)) {
+    nlohmann::json point = nlohmann::json::object();
+    for (const auto& [k, v] : g.point) point[k] = v;
+    nlohmann::json values = nlohmann::json::object();
+    for (const auto& m : metrics) {
+      auto it = g.metrics.find(m);
+      if (it != g.metrics.end()) values[m] = {{"mean", number(it->second.first)}, {"stderr", number(it->second.second)}};
+    }
+    groups.push_back({{"label", g.label}, {"point", point}, {"runs", g.runs}, {"metrics", values}});
+  }
+  return {{"name", summary.value("name", "")}, {"swept_keys", summary.value("swept_keys", nlohmann::json::array())},
+          {"metrics", metrics}, {"groups", groups}};
+}
+
+}  // namespace
+
+int show_results(const std::string& dir, const std::string& format, const std::vector<std::string>& asked) {
+  if (format != "table" && format != "markdown" && format != "json")
+    throw config_error(fmt::format("show: unknown format '{}' (valid: table, markdown, json)", format));
+  const nlohmann::json summary = read_summary(dir);
+  const std::vector<SummaryRow> rows = rows_of(summary);
+  const std::vector<std::string> metrics = choose_metrics(rows, asked);
+  const auto swept = summary.value("swept_keys", std::vector<std::string>{});
+  size_t failed = 0;
+  for (const auto& row : rows) failed += row.status != "complete";
+  if (format == "json") {
+    fmt::print("{}\n", groups_json(summary, rows, metrics).dump(2));
+  } else if (format == "markdown") {
+    fmt::print("**{}**: mean ± standard error over seeds\n\n{}", summary.value("name", dir),
+               metrics_markdown(rows, metrics, swept));
+  } else {
+    fmt::print("{}: mean ± standard error over seeds\n\n{}", summary.value("name", dir), metrics_table(rows, metrics));
+  }
+  if (failed) fmt::print(stderr, "sqlab: {} of {} runs failed and are left out (see summary.csv)\n", failed, rows.size());
+  return 0;
+}
+
+}  // namespace sqlab
