@@ -3,7 +3,7 @@
 This is what `sqlab plot` runs.  It prints one written path per line on stdout and
 exits with: 0 all figures drawn; 1 a figure failed (the others were written);
 2 usage error or not a results directory; 3 Debian packages missing (the message
-names them).
+names them); 130 interrupted.
 """
 
 import argparse
@@ -14,6 +14,7 @@ from . import install_hint, missing_packages
 EXIT_FIGURE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_MISSING_PACKAGES = 3
+EXIT_INTERRUPTED = 130
 
 
 def parse_args(argv):
@@ -63,4 +64,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: the figures written so far stay; no traceback
+        sys.exit(EXIT_INTERRUPTED)

@@ -23,6 +23,8 @@ ABLATION_METRICS = ["rel_output_error", "ppl", "sqnr_db"]
 MAX_PANELS = 12
 MAX_BARS = 24
 MAX_SITES = 4
+SHORT_TRACE = 30  # traces this short (per-pass counts) get markers: a line alone hides single points
+LINESTYLES = ["-", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
 
 
 def primary_metric(results):
@@ -42,7 +44,7 @@ def _site_prefixes(names, suffix):
 
 
 def _stem(base, prefix):
-    return base + ("_" + prefix.rstrip(".") if prefix else "")
+    return base + ("_" + _safe(prefix.rstrip(".")) if prefix else "")
 
 
 def _safe(text):
@@ -51,52 +53,111 @@ def _safe(text):
 
 # --- convergence (Fig. 2) -------------------------------------------------------
 
-def _reference_metric(results, traced, loss_name):
-    """The metric that single-pass runs report on the traced loss's scale, if any.
+# A single-pass method has no loss trace; these metrics put it on an optimiser's loss
+# scale, tried in order: a metric named `loss`, and the squared relative output error
+# (cayley_sgd's loss is ||Q(XR) Q(WR)^T - X W^T||_F^2 / ||X W^T||_F^2).
+LOSS_EQUIVALENTS = [("loss", 1, "loss"), ("rel_output_error", 2, "rel_output_error²")]
+# How far (relative) an equivalent may sit from the traced runs' own final loss and
+# still count as the same quantity.
+LOSS_MATCH_TOLERANCE = 0.25
 
-    Prefer a metric literally named `loss`; otherwise a metric of the traced runs
-    whose value equals the trace's final loss (within 1%) measures the same thing.
-    """
-    if any("loss" in run.metrics for run in results.runs if loss_name not in run.traces):
-        return "loss"
-    candidates = None
-    for run in traced:
-        final = float(run.traces[loss_name].value[-1])
-        close = {name for name, value in run.metrics.items()
-                 if math.isfinite(value) and abs(value - final) <= 0.01 * max(abs(final), 1e-12)}
-        candidates = close if candidates is None else candidates & close
-    for name in sorted(candidates or []):
-        return name
+
+def _metric(run, name, site):
+    """A run's metric for the whole run (site '') or for one site of several."""
+    metrics = run.site_metrics.get(site, {}) if site else run.metrics
+    return metrics.get(name, math.nan)
+
+
+def _final_loss(run, loss_name, site):
+    """What the optimiser ended at: its own evaluation of the final rotation if it
+    reports one (final_quant_loss / final_loss), else the last traced value."""
+    for name in ("final_quant_loss", "final_loss"):
+        value = _metric(run, name, site)
+        if math.isfinite(value):
+            return value
+    return float(run.traces[loss_name].value[-1])
+
+
+def _loss_equivalent(traced, loss_name, site):
+    """(metric, power, text) for the single-pass reference lines, or None when no
+    metric agrees with the traced runs' final loss (another optimiser, another loss)."""
+    for metric, power, text in LOSS_EQUIVALENTS:
+        pairs = [(_metric(run, metric, site) ** power, _final_loss(run, loss_name, site)) for run in traced]
+        pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+        if pairs and all(abs(a - b) <= LOSS_MATCH_TOLERANCE * max(abs(b), 1e-12) for a, b in pairs):
+            return metric, power, text
     return None
 
 
 def _plot_runs(ax, results, runs, trace_name, colors):
-    """One line per run, coloured by label; a legend entry per (label, point)."""
-    seen = set()
-    values = []
+    """One line per run, coloured by label; one legend entry per (label, point) with
+    its run count, the mean final value and, for a loss, the tail's oscillation range."""
+    by_group = {}
     for run in runs:
         trace = run.traces.get(trace_name)
-        if trace is None or len(trace.value) == 0:
-            continue
-        name = style.group_name(run)
-        ax.plot(trace.step, trace.value, color=colors[run.label], lw=1.1, alpha=0.85,
-                label=None if name in seen else "{} (final {:.3g})".format(name, trace.value[-1]))
-        seen.add(name)
-        values.extend(trace.value.tolist())
+        if trace is not None and len(trace.value) > 0:
+            by_group.setdefault(style.group_name(run), []).append((run, trace))
+    values = []
+    styles_used = {}
+    for name, members in by_group.items():
+        # Sweep points of one label share its colour; the line style tells them apart.
+        label_of = members[0][0].label
+        linestyle = LINESTYLES[styles_used.get(label_of, 0) % len(LINESTYLES)]
+        styles_used[label_of] = styles_used.get(label_of, 0) + 1
+        final = float(np.mean([trace.value[-1] for _, trace in members]))
+        label = "{} ({} run{}, final {:.3g}".format(name, len(members), "s" if len(members) > 1 else "", final)
+        site = trace_name.rpartition(".")[0]
+        tail = [_metric(run, "loss_tail_range", site) for run, _ in members]
+        if trace_name.endswith("loss") and all(math.isfinite(t) for t in tail):
+            label += ", tail range {:.2g}".format(float(np.mean(tail)))
+        for i, (run, trace) in enumerate(members):
+            ax.plot(trace.step, trace.value, color=colors[run.label], lw=1.1, alpha=0.85, ls=linestyle,
+                    marker="o" if len(trace.value) <= SHORT_TRACE else None, ms=3,
+                    label=label + ")" if i == 0 else None)
+            values.extend(trace.value.tolist())
     return values
 
 
-def _reference_lines(ax, results, traced, metric, colors):
-    """Horizontal lines: where the single-pass methods' loss lies (mean over seeds)."""
+def _reference_lines(ax, results, traced, loss_name, colors):
+    """Horizontal lines where the single-pass methods' loss lies (mean over seeds)."""
+    site = loss_name.rpartition(".")[0]
+    equivalent = _loss_equivalent(traced, loss_name, site)
+    if equivalent is None:
+        return []
+    metric, power, text = equivalent
     traced_labels = {run.label for run in traced}
     values = []
     for group in results.groups:
-        if group.label in traced_labels or metric not in group.metrics:
+        if group.label in traced_labels:
             continue
-        mean = group.mean(metric)
+        samples = [_metric(run, metric, site) ** power for run in group.runs]
+        samples = [v for v in samples if math.isfinite(v)]
+        if not samples:
+            continue
+        mean = float(np.mean(samples))
         ax.axhline(mean, color=colors[group.label], ls="--", lw=1.2,
-                   label="{} single pass ({:.3g})".format(style.group_name(group), mean))
+                   label="{} single pass ({} {:.3g})".format(style.group_name(group), text, mean))
         values.append(mean)
+    return values
+
+
+def _rounded_final_marks(ax, traced, loss_name, colors):
+    """A star at the last step where a run's traced loss is not what its final rotation
+    scores with real rounding (a run trained on a smooth surrogate): final_quant_loss."""
+    site = loss_name.rpartition(".")[0]
+    by_group = {}
+    for run in traced:
+        real = _metric(run, "final_quant_loss", site)
+        last = float(run.traces[loss_name].value[-1])
+        if math.isfinite(real) and abs(real - last) > LOSS_MATCH_TOLERANCE * max(abs(real), 1e-12):
+            by_group.setdefault(style.group_name(run), []).append((run, real))
+    values = []
+    for name, members in by_group.items():
+        for i, (run, real) in enumerate(members):
+            ax.plot([run.traces[loss_name].step[-1]], [real], marker="*", ms=11, color=colors[run.label],
+                    mec="black", ls="none",
+                    label="{}: final R with real rounding ({:.3g})".format(name, real) if i == 0 else None)
+            values.append(real)
     return values
 
 
@@ -114,9 +175,8 @@ def convergence(results):
         for ax, name in zip(axes, panels):
             values = _plot_runs(ax, results, traced, name, colors)
             if name == loss:
-                metric = _reference_metric(results, traced, loss)
-                if metric:
-                    values += _reference_lines(ax, results, traced, metric, colors)
+                values += _reference_lines(ax, results, traced, loss, colors)
+                values += _rounded_final_marks(ax, traced, loss, colors)
             ax.set_yscale("log" if style.wants_log(values) else "linear")
             ax.set_xlabel("optimisation step")
             ax.set_ylabel(metric_label(name))
@@ -127,8 +187,10 @@ def convergence(results):
 
 
 def traces(results):
-    """Every recorded trace in small multiples (lr, orthogonality error, ...)."""
-    names = results.trace_names[:MAX_PANELS]
+    """Every recorded trace in small multiples (lr, orthogonality error, ...); traces
+    of a single point (a one-pass method's counts) show nothing over steps and are left out."""
+    names = [name for name in results.trace_names
+             if any(len(run.traces[name].value) >= 2 for run in results.runs if name in run.traces)][:MAX_PANELS]
     if not names:
         return []
     colors = style.label_colors(results)
@@ -138,7 +200,7 @@ def traces(results):
     for ax, name in zip(axes, names):
         values = _plot_runs(ax, results, traced, name, colors)
         ax.set_yscale("log" if style.wants_log(values) else "linear")
-        ax.set_xlabel("optimisation step")
+        ax.set_xlabel("step (as the method records it)")
         ax.set_ylabel(metric_label(name))
         ax.set_title(name)
     axes[0].legend(loc="best")
@@ -166,8 +228,12 @@ def _bars(ax, results, groups, metric, colors, annotate=True):
             top = mean + (err if math.isfinite(err) else 0.0)
             ax.annotate("{:.3g}".format(mean), (bar.get_x() + bar.get_width() / 2, top),
                         xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
-    names = [style.group_name(g).replace(" (", "\n(") for g in groups]
-    ax.set_xticks(x, names, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    names = [style.group_name(g) for g in groups]
+    if len(groups) > 4 or max(len(n) for n in names) > 24:
+        ax.set_xticks(x, names, rotation=30, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(x, [n.replace(" (", "\n(") for n in names])
+    ax.margins(y=0.12)  # room for the value labels above the error bars
     return means
 
 
@@ -177,8 +243,9 @@ def _stderr_note(groups):
 
 
 def ablation(results):
-    """One bar per method label (and sweep point) for each headline metric (Table 4)."""
-    if len(results.groups) < 2:
+    """One bar per method label (and sweep point) for each headline metric (Table 4).
+    A single label over a sweep is the sweep figure's job, not an ablation."""
+    if len(results.labels) < 2:
         return []
     colors = style.label_colors(results)
     figures = []
@@ -228,7 +295,7 @@ def time(results):
         return []
     colors = style.label_colors(results)
     labels = results.labels
-    fig, axes = style.new_figure(results, "Time per method", panel=(max(5.0, 1.0 * len(labels) + 1.5), 4.0))
+    fig, axes = style.new_figure(results, "Time per method", panel=(max(5.0, 1.4 * len(labels) + 1.5), 4.0))
     ax = axes[0]
     width = 0.8 / len(kinds)
     floor = 1e-7  # a log axis cannot show 0 s; identity takes ~1 us
@@ -245,6 +312,8 @@ def time(results):
             ax.annotate(_seconds(mean), (bar.get_x() + bar.get_width() / 2, mean + err), xytext=(0, 2),
                         textcoords="offset points", ha="center", va="bottom", fontsize=7)
     ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * 30)  # headroom: the legend sits above the tallest bar
     ax.set_xticks(np.arange(len(labels)), labels)
     ax.set_ylabel("seconds (log scale)")
     ax.set_xlabel("method label")
@@ -265,11 +334,11 @@ def _pooled(runs, metric):
 
 
 def _seconds(value):
-    if value < 1e-3:
-        return "{:.2g} µs".format(value * 1e6)
-    if value < 1:
-        return "{:.3g} ms".format(value * 1e3)
-    return "{:.3g} s".format(value)
+    """A duration in the unit that keeps three digits readable: 192 µs, 67.3 ms, 1271 s."""
+    for scale, unit in ((1e-3, "µs"), (1.0, "ms")):
+        if value < scale:
+            return "{:.3g} {}".format(value * 1e3 / scale, unit)
+    return "{:.3g} s".format(value) if value < 1000 else "{:.0f} s".format(value)
 
 
 # --- histograms -------------------------------------------------------------------
@@ -347,18 +416,39 @@ def _series(results, key):
     return series
 
 
+def _series_styles(series, colors):
+    """Colours and line styles for the sweep lines: with one method label the series
+    (values of the other swept keys) get a colour ramp; with several, each label keeps
+    its colour and its series differ by line style."""
+    labels = _ordered_labels(label for (label, _), _ in series)
+    if len(labels) == 1 and len(series) > 1:
+        ramp = plt.get_cmap("viridis")
+        return [ramp(i / (len(series) - 1) * 0.9) for i in range(len(series))], ["-"] * len(series)
+    count = {}
+    styles = []
+    for (label, _), _ in series:
+        styles.append(LINESTYLES[count.get(label, 0) % len(LINESTYLES)])
+        count[label] = count.get(label, 0) + 1
+    return [colors[label] for (label, _), _ in series], styles
+
+
+def _ordered_labels(labels):
+    return list(dict.fromkeys(labels))
+
+
 def _sweep_panel(ax, results, key, metric, colors):
     """metric against one swept key; runs that do not take the key as dashed lines."""
     from .load import parse_value
     values = results.point_values(key)
     pos, categorical = _positions(values)
     plotted = []
-    for (label, rest), groups in list(_series(results, key).items())[:MAX_PANELS]:
+    series = list(_series(results, key).items())[:MAX_PANELS]
+    for ((label, rest), groups), color, linestyle in zip(series, *_series_styles(series, colors)):
         groups = sorted(groups, key=lambda g: pos[parse_value(g.point[key])])
         xs = [pos[parse_value(g.point[key])] for g in groups]
         ys = [g.mean(metric) for g in groups]
         extra = style.point_text(dict(rest))
-        ax.errorbar(xs, ys, yerr=[g.stderr(metric) for g in groups], color=colors[label], marker="o",
+        ax.errorbar(xs, ys, yerr=[g.stderr(metric) for g in groups], color=color, ls=linestyle, marker="o",
                     ms=4, capsize=3, label=label + (" ({})".format(extra) if extra else ""))
         plotted += ys
     for group in results.groups:

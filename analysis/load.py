@@ -130,9 +130,16 @@ class Results:
         return _ordered(site for run in self.runs for site in run.site_metrics)
 
     def point_values(self, key):
-        """The distinct values a swept key takes, as parsed YAML, in sorted order."""
+        """The distinct values a swept key takes, as parsed YAML: in the order the
+        experiment lists them (so [16, 256] comes before [128, 32]), else sorted."""
         texts = _ordered(g.point[key] for g in self.groups if key in g.point)
-        return sorted((parse_value(t) for t in texts), key=_sort_key)
+        listed = _sweep_lists(self.config).get(key, [])
+
+        def order(text):
+            value = _load_flow(text)
+            return (listed.index(value), _sort_key(text)) if value in listed else (len(listed), _sort_key(text))
+
+        return [parse_value(t) for t in sorted(texts, key=order)]
 
     def varied_keys(self):
         """Swept keys that take at least two values."""
@@ -150,8 +157,32 @@ def parse_value(text):
     return value
 
 
+def _load_flow(text):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def _sort_key(value):
-    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+    """Numbers numerically, lists of numbers element-wise, other text alphabetically."""
+    value = _load_flow(value) if isinstance(value, str) else value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, ())
+    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+        return (1, 0, tuple(value))
+    return (2, 0, (str(value),))
+
+
+def _sweep_lists(config):
+    """Swept key -> its values as the experiment's `sweep:` lists them (grid and zip)."""
+    sweep = config.get("sweep") or {}
+    lists = {}
+    for part in ("grid", "zip"):
+        block = sweep.get(part) or {}
+        if isinstance(block, dict):
+            lists.update({key: values for key, values in block.items() if isinstance(values, list)})
+    return lists
 
 
 def _ordered(items):

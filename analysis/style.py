@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 DPI = 150
 PANEL = (4.8, 3.6)     # inches per panel
 CAPTION_LINE = 0.13    # inches per caption line (6.5 pt text)
-CAPTION_CHARS_PER_INCH = 21
+CAPTION_CHARS_PER_INCH = 18
 TITLE_HEIGHT = 0.3     # inches the figure title takes above the panels
 
 plt.rcParams.update({
@@ -47,7 +47,7 @@ METRIC_LABELS = {
     "build_seconds": "build time (s)",
     "apply_seconds": "apply time (s)",
     "loss": "loss",
-    "grad_norm": "Riemannian gradient norm",
+    "grad_norm": "gradient norm",
     "euclid_grad_norm": "Euclidean gradient norm",
     "lr": "learning rate",
     "orth_error": "orthogonality error ‖RᵀR−I‖",
@@ -102,7 +102,7 @@ def _flow(value):
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def data_text(data, limit=160):
+def data_text(data, limit=240):
     """The data source in one short phrase: source first, then its main settings."""
     if not isinstance(data, dict):
         return str(data)

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <tuple>
 
 #include "core/config.h"
 #include "core/error.h"
@@ -62,6 +63,21 @@ void print_runs(const Experiment& ex) {
     fmt::print("  {}  label={} method={} seed={}{}\n", run.run_id, run.label, run.method, run.seed, point_text(run));
 }
 
+// "K/N" with 0 <= K < N.
+std::pair<int64_t, int64_t> parse_shard(const std::string& text) {
+  const size_t slash = text.find('/');
+  try {
+    if (slash != std::string::npos) {
+      size_t used_k = 0, used_n = 0;
+      const int64_t k = std::stoll(text.substr(0, slash), &used_k);
+      const int64_t n = std::stoll(text.substr(slash + 1), &used_n);
+      if (used_k == slash && used_n == text.size() - slash - 1 && n > 0 && k >= 0 && k < n) return {k, n};
+    }
+  } catch (const std::exception&) {
+  }
+  throw config_error(fmt::format("run: --shard {}: expected K/N with 0 <= K < N", text));
+}
+
 void validate(const Experiment& ex, const Registries& registries) { prepare_all(ex, registries); }
 
 nlohmann::json run_json(const Experiment& ex) {
@@ -86,6 +102,7 @@ int command_run(const std::vector<std::string>& args, const Registries& registri
       "set", po::value<std::vector<std::string>>()->composing(), "override a key: --set a.b.c=VALUE")(
       "out", po::value<std::string>(), "results directory (default: the experiment's `output`)")(
       "resume", po::bool_switch(), "skip runs whose file is complete")(
+      "shard", po::value<std::string>(), "run only shard K of N (K/N, 0-based), e.g. from SLURM_ARRAY_TASK_ID")(
       "dry-run", po::bool_switch(), "validate and list the runs, run nothing")(
       "json", po::bool_switch(), "print a machine-readable summary on stdout");
   po::positional_options_description positional;
@@ -105,6 +122,7 @@ int command_run(const std::vector<std::string>& args, const Registries& registri
   RunnerOptions runner;
   runner.out_dir = vm.count("out") ? vm["out"].as<std::string>() : ex.output;
   runner.resume = vm["resume"].as<bool>();
+  if (vm.count("shard")) std::tie(runner.shard_index, runner.shard_count) = parse_shard(vm["shard"].as<std::string>());
   runner.progress = stderr_is_terminal();
   const RunnerResult result = run_experiment(ex, registries, runner);
   // `plots:` figures come after the runs; their failure is reported, not the exit code.

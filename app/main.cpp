@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "app/commands.h"
+#include "app/compare_command.h"
 #include "app/export_command.h"
+#include "app/merge_command.h"
 #include "app/plot_command.h"
 #include "core/error.h"
 #include "core/system.h"
@@ -20,12 +22,14 @@ namespace {
 const char* kUsage = R"(sqlab: rotation-based quantization experiments for LLMs
 
 usage:
-  sqlab run EXPERIMENT.yaml [--set KEY=VALUE]... [--out DIR] [--resume] [--dry-run] [--json]
+  sqlab run EXPERIMENT.yaml [--set KEY=VALUE]... [--out DIR] [--shard K/N] [--resume] [--dry-run] [--json]
   sqlab show EXPERIMENT.yaml [--set KEY=VALUE]...
   sqlab show RESULTS_DIR [--format table|markdown|json] [--metric NAME]...
   sqlab list methods|datasets|experiments [--json]
   sqlab plot RESULTS_DIR [--out DIR]
   sqlab export RESULTS_DIR [--run RUN_ID] [--format safetensors|npy] --out DIR
+  sqlab merge OUT DIR...                  # shard directories into one
+  sqlab compare DIR_A DIR_B [...] [--metric NAME]... [--format table|markdown|json] [--force]
   sqlab --help | --version
 
 exit codes: 0 all runs complete; 1 a run failed (the others ran and were saved);
@@ -69,7 +73,9 @@ int main(int argc, char** argv) {
     if (command == "list") return sqlab::command_list(args, registries);
     if (command == "plot") return sqlab::command_plot(args);
     if (command == "export") return sqlab::command_export(args);
-    fmt::print(stderr, "sqlab: unknown command '{}' (valid: run, show, list, plot, export)\n\n{}", command, kUsage);
+    if (command == "compare") return sqlab::command_compare(args);
+    if (command == "merge") return sqlab::command_merge(args);
+    fmt::print(stderr, "sqlab: unknown command '{}' (valid: run, show, list, plot, export, compare, merge)\n\n{}", command, kUsage);
     return 2;
   } catch (const sqlab::Error& e) {
     fmt::print(stderr, "sqlab: {}\n", e.what());

@@ -127,6 +127,7 @@ int map_exit(const ChildResult& child, const std::string& python) {
     case 0: return 0;
     case 2: return 2;  // usage, or not a results directory (the message is printed)
     case 3: return 2;  // packages missing (the install hint is printed)
+    case 130: return 130;
     default: return 1;
   }
 }

@@ -37,6 +37,29 @@ std::string yaml_to_flow(const YAML::Node& node) {
   return out.c_str();
 }
 
+namespace {
+
+void collect_differences(const YAML::Node& a, const YAML::Node& b, const std::string& path,
+                         std::vector<std::string>& out) {
+  if (a && b && a.IsMap() && b.IsMap()) {
+    std::vector<std::string> keys;
+    for (const auto& item : a) keys.push_back(item.first.as<std::string>());
+    for (const auto& item : b)
+      if (!a[item.first.as<std::string>()]) keys.push_back(item.first.as<std::string>());
+    for (const auto& key : keys) collect_differences(a[key], b[key], path.empty() ? key : path + "." + key, out);
+  } else if (yaml_to_flow(a) != yaml_to_flow(b)) {
+    out.push_back(path.empty() ? "(top level)" : path);
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> yaml_differences(const YAML::Node& a, const YAML::Node& b, const std::string& prefix) {
+  std::vector<std::string> out;
+  collect_differences(a, b, prefix, out);
+  return out;
+}
+
 std::vector<std::string> split_dotted(const std::string& dotted) {
   std::vector<std::string> parts;
   size_t start = 0;

@@ -23,6 +23,8 @@ YAML::Node parse_yaml_value(const std::string& text, const std::string& origin);
 YAML::Node clone_yaml(const YAML::Node& node);
 // One-line flow-style text of a node: "4", "[32, 32]", "{a: 1}".
 std::string yaml_to_flow(const YAML::Node& node);
+// Dotted paths at which two YAML trees differ (mappings compared key by key).
+std::vector<std::string> yaml_differences(const YAML::Node& a, const YAML::Node& b, const std::string& prefix = "");
 // Splits "a.b.c" into its parts.
 std::vector<std::string> split_dotted(const std::string& dotted);
 // The element of a `methods:` list with this label (or index); null if none.

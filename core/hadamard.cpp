@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -81,54 +82,6 @@ SQLAB_ALWAYS_INLINE void in_register_stages(typename S::V& v) {
   }
 }
 
-// Radix-2 pass: stage at distance h on p[0 .. len).
-template <class S>
-SQLAB_ALWAYS_INLINE void radix2(typename S::Elem* p, int64_t len, int64_t h) {
-  using V = typename S::V;
-  for (int64_t base = 0; base < len; base += 2 * h) {
-    typename S::Elem* a = p + base;
-    typename S::Elem* b = a + h;
-    int64_t i = 0;
-    for (; i + S::W <= h; i += S::W) {
-      const V x = S::load(a + i), y = S::load(b + i);
-      S::store(a + i, x + y);
-      S::store(b + i, x - y);
-    }
-    for (; i < h; ++i) {
-      const auto x = a[i], y = b[i];
-      a[i] = x + y;
-      b[i] = x - y;
-    }
-  }
-}
-
-// Radix-4 pass: stages at distances h and 2h.
-template <class S>
-SQLAB_ALWAYS_INLINE void radix4(typename S::Elem* p, int64_t len, int64_t h) {
-  using V = typename S::V;
-  for (int64_t base = 0; base < len; base += 4 * h) {
-    typename S::Elem* a = p + base;
-    int64_t i = 0;
-    for (; i + S::W <= h; i += S::W) {
-      const V x0 = S::load(a + i), x1 = S::load(a + h + i);
-      const V x2 = S::load(a + 2 * h + i), x3 = S::load(a + 3 * h + i);
-      const V b0 = x0 + x1, b1 = x0 - x1, b2 = x2 + x3, b3 = x2 - x3;
-      S::store(a + i, b0 + b2);
-      S::store(a + h + i, b1 + b3);
-      S::store(a + 2 * h + i, b0 - b2);
-      S::store(a + 3 * h + i, b1 - b3);
-    }
-    for (; i < h; ++i) {
-      const auto x0 = a[i], x1 = a[h + i], x2 = a[2 * h + i], x3 = a[3 * h + i];
-      const auto b0 = x0 + x1, b1 = x0 - x1, b2 = x2 + x3, b3 = x2 - x3;
-      a[i] = b0 + b2;
-      a[h + i] = b1 + b3;
-      a[2 * h + i] = b0 - b2;
-      a[3 * h + i] = b1 - b3;
-    }
-  }
-}
-
 // Three butterfly stages (distances h, 2h, 4h) on 8 values held in registers.
 template <class X>
 SQLAB_ALWAYS_INLINE void butterfly8(X& x0, X& x1, X& x2, X& x3, X& x4, X& x5, X& x6, X& x7) {
@@ -146,41 +99,63 @@ SQLAB_ALWAYS_INLINE void butterfly8(X& x0, X& x1, X& x2, X& x3, X& x4, X& x5, X&
   x7 = b3 - b7;
 }
 
-// Radix-8 pass: stages at distances h, 2h and 4h.
+// One register-wide column of a radix-2/4/8 pass at distance h, starting at a.
 template <class S>
-SQLAB_ALWAYS_INLINE void radix8(typename S::Elem* p, int64_t len, int64_t h) {
-  using V = typename S::V;
+struct Radix2 {
+  static SQLAB_ALWAYS_INLINE void run(typename S::Elem* a, int64_t h) {
+    const typename S::V x = S::load(a), y = S::load(a + h);
+    S::store(a, x + y);
+    S::store(a + h, x - y);
+  }
+};
+
+template <class S>
+struct Radix4 {
+  static SQLAB_ALWAYS_INLINE void run(typename S::Elem* a, int64_t h) {
+    using V = typename S::V;
+    const V x0 = S::load(a), x1 = S::load(a + h), x2 = S::load(a + 2 * h), x3 = S::load(a + 3 * h);
+    const V b0 = x0 + x1, b1 = x0 - x1, b2 = x2 + x3, b3 = x2 - x3;
+    S::store(a, b0 + b2);
+    S::store(a + h, b1 + b3);
+    S::store(a + 2 * h, b0 - b2);
+    S::store(a + 3 * h, b1 - b3);
+  }
+};
+
+template <class S>
+struct Radix8 {
+  static SQLAB_ALWAYS_INLINE void run(typename S::Elem* a, int64_t h) {
+    using V = typename S::V;
+    V x0 = S::load(a), x1 = S::load(a + h), x2 = S::load(a + 2 * h), x3 = S::load(a + 3 * h),
+      x4 = S::load(a + 4 * h), x5 = S::load(a + 5 * h), x6 = S::load(a + 6 * h),
+      x7 = S::load(a + 7 * h);
+    butterfly8(x0, x1, x2, x3, x4, x5, x6, x7);
+    S::store(a, x0);
+    S::store(a + h, x1);
+    S::store(a + 2 * h, x2);
+    S::store(a + 3 * h, x3);
+    S::store(a + 4 * h, x4);
+    S::store(a + 5 * h, x5);
+    S::store(a + 6 * h, x6);
+    S::store(a + 7 * h, x7);
+  }
+};
+
+// A radix-R pass at distance h on p[0 .. len): groups of R h elements, h columns each. Columns
+// go a full register at a time, then 16 bytes at a time (h = m 2^s is a multiple of 4), then
+// one element at a time (only for n below one register).
+template <template <class> class Op, int R, class S>
+SQLAB_ALWAYS_INLINE void radix_pass(typename S::Elem* p, int64_t len, int64_t h) {
   using T = typename S::Elem;
-  for (int64_t base = 0; base < len; base += 8 * h) {
+  using S16 = Simd<T, 16>;
+  using S1 = Simd<T, sizeof(T)>;
+  for (int64_t base = 0; base < len; base += R * h) {
     T* a = p + base;
     int64_t i = 0;
-    for (; i + S::W <= h; i += S::W) {
-      V x0 = S::load(a + i), x1 = S::load(a + h + i), x2 = S::load(a + 2 * h + i),
-        x3 = S::load(a + 3 * h + i), x4 = S::load(a + 4 * h + i), x5 = S::load(a + 5 * h + i),
-        x6 = S::load(a + 6 * h + i), x7 = S::load(a + 7 * h + i);
-      butterfly8(x0, x1, x2, x3, x4, x5, x6, x7);
-      S::store(a + i, x0);
-      S::store(a + h + i, x1);
-      S::store(a + 2 * h + i, x2);
-      S::store(a + 3 * h + i, x3);
-      S::store(a + 4 * h + i, x4);
-      S::store(a + 5 * h + i, x5);
-      S::store(a + 6 * h + i, x6);
-      S::store(a + 7 * h + i, x7);
-    }
-    for (; i < h; ++i) {
-      T x0 = a[i], x1 = a[h + i], x2 = a[2 * h + i], x3 = a[3 * h + i], x4 = a[4 * h + i],
-        x5 = a[5 * h + i], x6 = a[6 * h + i], x7 = a[7 * h + i];
-      butterfly8(x0, x1, x2, x3, x4, x5, x6, x7);
-      a[i] = x0;
-      a[h + i] = x1;
-      a[2 * h + i] = x2;
-      a[3 * h + i] = x3;
-      a[4 * h + i] = x4;
-      a[5 * h + i] = x5;
-      a[6 * h + i] = x6;
-      a[7 * h + i] = x7;
-    }
+    for (; i + S::W <= h; i += S::W) Op<S>::run(a + i, h);
+    if constexpr (S::W > S16::W)
+      for (; i + S16::W <= h; i += S16::W) Op<S16>::run(a + i, h);
+    for (; i < h; ++i) Op<S1>::run(a + i, h);
   }
 }
 
@@ -190,14 +165,89 @@ template <class S>
 SQLAB_ALWAYS_INLINE void stages(typename S::Elem* p, int64_t len, int64_t h_from, int64_t h_to) {
   int64_t h = h_from;
   while (h * 8 <= h_to) {
-    radix8<S>(p, len, h);
+    radix_pass<Radix8, 8, S>(p, len, h);
     h *= 8;
   }
   if (h * 4 <= h_to) {
-    radix4<S>(p, len, h);
+    radix_pass<Radix4, 4, S>(p, len, h);
     h *= 4;
   }
-  if (h * 2 <= h_to) radix2<S>(p, len, h);
+  if (h * 2 <= h_to) radix_pass<Radix2, 2, S>(p, len, h);
+}
+
+// The m x m part: out (p x m) = in (p x m) H for one row (p runs of m channels). H is stored
+// padded to `stride` >= m columns (zeros beyond m, stride a multiple of 16 elements), so every
+// load of H is a whole register. Register blocking: RA runs x NC registers of output columns,
+// accumulated over the m inputs.
+//
+// Stores are whole registers too: the last register of a run may spill up to W - 1 elements
+// into the head of the next run(s). Column blocks go from the last to the first and runs in
+// increasing order, so every spill is overwritten by the correct head afterwards; a register
+// that would cross the end of the row stores only its own run's elements.
+template <class S, int RA, int NC>
+SQLAB_ALWAYS_INLINE void base_block(const typename S::Elem* in, typename S::Elem* out,
+                                    const typename S::Elem* h, int64_t m, int64_t stride,
+                                    int64_t col, const typename S::Elem* end) {
+  using T = typename S::Elem;
+  using V = typename S::V;
+  V acc[RA][NC];
+#pragma GCC unroll 16
+  for (int r = 0; r < RA; ++r)
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) acc[r][j] = V{};
+  for (int64_t b = 0; b < m; ++b) {
+    V hv[NC];
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) hv[j] = S::load(h + b * stride + col + j * S::W);
+#pragma GCC unroll 16
+    for (int r = 0; r < RA; ++r) {
+      const V xb = S::splat(in[r * m + b]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NC; ++j) acc[r][j] += xb * hv[j];
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RA; ++r)
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) {
+      const int64_t c = col + j * S::W;
+      if (c >= m) continue;  // padding only
+      T* dst = out + r * m + c;
+      if (dst + S::W <= end) {
+        S::store(dst, acc[r][j]);
+      } else {
+        T lanes[S::W];
+        std::memcpy(lanes, &acc[r][j], sizeof(V));
+        std::memcpy(dst, lanes, (std::min<int64_t>(m, c + S::W) - c) * sizeof(T));
+      }
+    }
+}
+
+template <class S, int RA>
+SQLAB_ALWAYS_INLINE void base_runs(const typename S::Elem* in, typename S::Elem* out,
+                                   const typename S::Elem* h, int64_t m, int64_t stride,
+                                   const typename S::Elem* end) {
+  constexpr int64_t kBlock = 4 * S::W;  // NC <= 4
+  for (int64_t col = (m - 1) / kBlock * kBlock; col >= 0; col -= kBlock) {
+    switch (std::min<int64_t>(4, (stride - col) / S::W)) {
+      case 1: base_block<S, RA, 1>(in, out, h, m, stride, col, end); break;
+      case 2: base_block<S, RA, 2>(in, out, h, m, stride, col, end); break;
+      case 3: base_block<S, RA, 3>(in, out, h, m, stride, col, end); break;
+      default: base_block<S, RA, 4>(in, out, h, m, stride, col, end); break;
+    }
+  }
+}
+
+template <class S>
+SQLAB_ALWAYS_INLINE void base_multiply(const typename S::Elem* in, typename S::Elem* out,
+                                       int64_t runs, const typename S::Elem* h, int64_t m,
+                                       int64_t stride) {
+  // 4 x 4 accumulators need 16 registers (+ 4 for H): AVX-512 has 32, narrower sets 16.
+  constexpr int RA = sizeof(typename S::V) >= 64 ? 4 : 2;
+  const typename S::Elem* end = out + runs * m;
+  int64_t a = 0;
+  for (; a + RA <= runs; a += RA) base_runs<S, RA>(in + a * m, out + a * m, h, m, stride, end);
+  for (; a < runs; ++a) base_runs<S, 1>(in + a * m, out + a * m, h, m, stride, end);
 }
 
 template <class T>
@@ -205,26 +255,29 @@ struct RowJob {
   const T* in;
   T* out;        // may equal `in`
   int64_t n;     // row length = pow2 * unit
-  int64_t unit;  // distance of the first butterfly stage (m)
+  int64_t unit;  // m: distance of the first butterfly stage, length of the runs H_m acts on
   const T* pre;  // per-channel input multiplier (scaled signs), or null: use `scale`
   T scale;
   const T* post;  // per-channel output multiplier (signs), or null
+  const T* base;  // padded H_m (or H_m^T), unit x base_stride; null when unit == 1
+  int64_t base_stride;
+  bool base_first;  // H_m part before (inverse) or after (apply) the Walsh-Hadamard part
 };
 
 constexpr int64_t kBlockBytes = 16384;  // a block of a row that stays in L1 across its stages
 
+// The Walsh-Hadamard part of one row: out = (in * pre or * scale) (S_p (x) I_unit), then * post.
 template <class S>
-SQLAB_ALWAYS_INLINE void transform_row(const RowJob<typename S::Elem>& job, int64_t row) {
+SQLAB_ALWAYS_INLINE void walsh_hadamard_row(const typename S::Elem* in, typename S::Elem* out,
+                                            int64_t n, int64_t unit, const typename S::Elem* pre,
+                                            typename S::Elem scale_value,
+                                            const typename S::Elem* post) {
   using T = typename S::Elem;
   using V = typename S::V;
-  const int64_t n = job.n;
-  const T* in = job.in + row * n;
-  T* out = job.out + row * n;
-  const V scale = S::splat(job.scale);
-  if (job.unit == 1 && n >= S::W) {
+  const V scale = S::splat(scale_value);
+  if (unit == 1 && n >= S::W) {
     // n = 2^k >= W: everything in whole registers.
     const int64_t block = std::min<int64_t>(n, std::max<int64_t>(S::W, kBlockBytes / sizeof(T)));
-    const T* pre = job.pre;
     auto first = [&](int64_t j) {
       // The next row streams into cache while this one is transformed (measured: the
       // hardware prefetcher alone leaves ~25% of the time on the table here).
@@ -259,84 +312,111 @@ SQLAB_ALWAYS_INLINE void transform_row(const RowJob<typename S::Elem>& job, int6
     stages<S>(out, n, block, n);
   } else {
     int64_t j = 0;
-    if (job.pre) {
+    if (pre) {
       for (; j + S::W <= n; j += S::W) {
         __builtin_prefetch(in + n + j, 0, 3);
-        S::store(out + j, S::load(in + j) * S::load(job.pre + j));
+        S::store(out + j, S::load(in + j) * S::load(pre + j));
       }
-      for (; j < n; ++j) out[j] = in[j] * job.pre[j];
+      for (; j < n; ++j) out[j] = in[j] * pre[j];
     } else {
       for (; j + S::W <= n; j += S::W) {
         __builtin_prefetch(in + n + j, 0, 3);
         S::store(out + j, S::load(in + j) * scale);
       }
-      for (; j < n; ++j) out[j] = in[j] * job.scale;
+      for (; j < n; ++j) out[j] = in[j] * scale_value;
     }
-    stages<S>(out, n, job.unit, n);
+    stages<S>(out, n, unit, n);
   }
-  if (job.post) {
+  if (post) {
     int64_t j = 0;
-    for (; j + S::W <= n; j += S::W) S::store(out + j, S::load(out + j) * S::load(job.post + j));
-    for (; j < n; ++j) out[j] *= job.post[j];
+    for (; j + S::W <= n; j += S::W) S::store(out + j, S::load(out + j) * S::load(post + j));
+    for (; j < n; ++j) out[j] *= post[j];
   }
 }
 
+// Rows [begin, end): the whole transform of each row while it is in L1/L2. `scratch` holds one
+// row (apply with m > 1: Walsh-Hadamard into scratch, then H_m into out).
 template <class T, int VB>
-SQLAB_ALWAYS_INLINE void transform_rows(const RowJob<T>& job, int64_t begin, int64_t end) {
-  for (int64_t r = begin; r < end; ++r) transform_row<Simd<T, VB>>(job, r);
+SQLAB_ALWAYS_INLINE void transform_rows(const RowJob<T>& job, int64_t begin, int64_t end,
+                                        T* scratch) {
+  using S = Simd<T, VB>;
+  const int64_t n = job.n, m = job.unit;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* in = job.in + r * n;
+    T* out = job.out + r * n;
+    if (!job.base) {
+      walsh_hadamard_row<S>(in, out, n, 1, job.pre, job.scale, job.post);
+    } else if (job.base_first) {
+      base_multiply<S>(in, out, n / m, job.base, m, job.base_stride);
+      walsh_hadamard_row<S>(out, out, n, m, job.pre, job.scale, job.post);
+    } else {
+      walsh_hadamard_row<S>(in, scratch, n, m, job.pre, job.scale, nullptr);
+      base_multiply<S>(scratch, out, n / m, job.base, m, job.base_stride);
+      // (apply has no output signs; kept general: a multiply-only pass, unit n = no stages)
+      if (job.post) walsh_hadamard_row<S>(out, out, n, n, job.post, T(1), nullptr);
+    }
+  }
 }
 
 // One entry point per instruction set; the best one the CPU supports is picked at run time
 // (the project is built for the baseline x86-64 target).
 #if defined(__x86_64__) && defined(__GNUC__)
 #define SQLAB_HADAMARD_X86 1
-__attribute__((target("avx512f"))) void rows_avx512(const RowJob<float>& job, int64_t b, int64_t e) {
-  transform_rows<float, 64>(job, b, e);
+__attribute__((target("avx512f"))) void rows_avx512(const RowJob<float>& job, int64_t b,
+                                                    int64_t e, float* scratch) {
+  transform_rows<float, 64>(job, b, e, scratch);
 }
-__attribute__((target("avx512f"))) void rows_avx512(const RowJob<double>& job, int64_t b, int64_t e) {
-  transform_rows<double, 64>(job, b, e);
+__attribute__((target("avx512f"))) void rows_avx512(const RowJob<double>& job, int64_t b,
+                                                    int64_t e, double* scratch) {
+  transform_rows<double, 64>(job, b, e, scratch);
 }
-__attribute__((target("avx2"))) void rows_avx2(const RowJob<float>& job, int64_t b, int64_t e) {
-  transform_rows<float, 32>(job, b, e);
+__attribute__((target("avx2"))) void rows_avx2(const RowJob<float>& job, int64_t b, int64_t e,
+                                               float* scratch) {
+  transform_rows<float, 32>(job, b, e, scratch);
 }
-__attribute__((target("avx2"))) void rows_avx2(const RowJob<double>& job, int64_t b, int64_t e) {
-  transform_rows<double, 32>(job, b, e);
+__attribute__((target("avx2"))) void rows_avx2(const RowJob<double>& job, int64_t b, int64_t e,
+                                               double* scratch) {
+  transform_rows<double, 32>(job, b, e, scratch);
 }
 #endif
 template <class T>
-void rows_generic(const RowJob<T>& job, int64_t b, int64_t e) {
-  transform_rows<T, 16>(job, b, e);
-}
-
-enum class Isa { generic, avx2, avx512 };
-
-Isa detect_isa() {
-#ifdef SQLAB_HADAMARD_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return Isa::avx512;
-  if (__builtin_cpu_supports("avx2")) return Isa::avx2;
-#endif
-  return Isa::generic;
+void rows_generic(const RowJob<T>& job, int64_t b, int64_t e, T* scratch) {
+  transform_rows<T, 16>(job, b, e, scratch);
 }
 
 template <class T>
 void transform(const RowJob<T>& job, int64_t rows) {
-  static const Isa isa = detect_isa();
+  const SimdLevel isa = simd_level();
   const int64_t grain = std::max<int64_t>(1, 32768 / job.n);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(job.base && !job.base_first ? job.n : 0);
     switch (isa) {
 #ifdef SQLAB_HADAMARD_X86
-      case Isa::avx512:
-        rows_avx512(job, begin, end);
+      case SimdLevel::avx512:
+        rows_avx512(job, begin, end, scratch.data());
         return;
-      case Isa::avx2:
-        rows_avx2(job, begin, end);
+      case SimdLevel::avx2:
+        rows_avx2(job, begin, end, scratch.data());
         return;
 #endif
       default:
-        rows_generic(job, begin, end);
+        rows_generic(job, begin, end, scratch.data());
     }
   });
+}
+
+SimdLevel best_simd_level() {
+#ifdef SQLAB_HADAMARD_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return SimdLevel::avx512;
+  if (__builtin_cpu_supports("avx2")) return SimdLevel::avx2;
+#endif
+  return SimdLevel::generic;
+}
+
+std::atomic<int>& current_simd_level() {
+  static std::atomic<int> level{static_cast<int>(best_simd_level())};
+  return level;
 }
 
 double inverse_sqrt(int64_t n) { return 1.0 / std::sqrt(static_cast<double>(n)); }
@@ -356,6 +436,27 @@ at::Tensor base_matrix64(int64_t m) {
 }
 
 }  // namespace
+
+SimdLevel simd_level() { return static_cast<SimdLevel>(current_simd_level().load()); }
+
+bool simd_level_supported(SimdLevel level) {
+  return static_cast<int>(level) <= static_cast<int>(best_simd_level());
+}
+
+const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::avx512: return "avx512";
+    case SimdLevel::avx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+void set_simd_level(SimdLevel level) {
+  if (!simd_level_supported(level))
+    throw Error(fmt::format("SIMD level {} is not supported by this CPU (best: {})",
+                            simd_level_name(level), simd_level_name(best_simd_level())));
+  current_simd_level().store(static_cast<int>(level));
+}
 
 at::Tensor sylvester_matrix(int64_t p) {
   if (p < 1 || (p & (p - 1)) != 0)
@@ -383,9 +484,13 @@ HadamardRotation::HadamardRotation(int64_t n, const at::Tensor& signs, std::stri
     : n_(n), description_(std::move(description)) {
   split_or_throw(n, &m_, &p_);
   base64_ = base_matrix64(m_);
-  base32_ = base64_.to(at::kFloat);
-  base_t64_ = base64_.t().contiguous();
-  base_t32_ = base_t64_.to(at::kFloat);
+  base_stride_ = (m_ + 15) / 16 * 16;  // a whole number of registers for every vector width
+  for (int inverse = 0; inverse < 2; ++inverse) {
+    at::Tensor padded = at::zeros({m_, base_stride_}, at::kDouble);
+    padded.narrow(1, 0, m_).copy_(inverse ? base64_.t() : base64_);
+    padded_base_[1][inverse] = padded;
+    padded_base_[0][inverse] = padded.to(at::kFloat);
+  }
   if (signs.defined()) {
     if (signs.numel() != n)
       throw Error(fmt::format("hadamard: {} signs given for order {}", signs.numel(), n));
@@ -411,23 +516,6 @@ at::Tensor HadamardRotation::apply_inverse(const at::Tensor& y) const {
   return run(y, true);
 }
 
-namespace {
-
-template <class T>
-void transform_typed(const at::Tensor& in, at::Tensor& out, int64_t unit, const at::Tensor& pre,
-                     double scale, const at::Tensor& post) {
-  RowJob<T> job{in.data_ptr<T>(),
-                out.data_ptr<T>(),
-                in.size(1),
-                unit,
-                pre.defined() ? pre.data_ptr<T>() : nullptr,
-                static_cast<T>(scale),
-                post.defined() ? post.data_ptr<T>() : nullptr};
-  transform(job, in.size(0));
-}
-
-}  // namespace
-
 at::Tensor HadamardRotation::run(const at::Tensor& x, bool inverse) const {
   const at::ScalarType dtype = x.scalar_type();
   if (!at::isFloatingType(dtype))
@@ -436,34 +524,31 @@ at::Tensor HadamardRotation::run(const at::Tensor& x, bool inverse) const {
   const bool is_double = dtype == at::kDouble;
   const at::Tensor input = (is_double || dtype == at::kFloat ? x : x.to(at::kFloat)).contiguous();
   const int64_t rows = input.numel() / n_;
-  const at::Tensor flat = input.view({rows, n_});
-  const at::Tensor& base = is_double ? (inverse ? base_t64_ : base64_) : (inverse ? base_t32_ : base32_);
-  const at::Tensor pre = inverse || !has_signs() ? at::Tensor()
-                                                : (is_double ? scaled_signs64_ : scaled_signs32_);
-  const at::Tensor post = !inverse || !has_signs() ? at::Tensor() : (is_double ? signs64_ : signs32_);
-  const double scale = inverse_sqrt(n_);
-
-  auto fwht = [&](const at::Tensor& in, at::Tensor& out) {
-    if (rows == 0) return;
-    if (is_double)
-      transform_typed<double>(in, out, m_, pre, scale, post);
-    else
-      transform_typed<float>(in, out, m_, pre, scale, post);
+  at::Tensor result = at::empty({rows, n_}, input.options());
+  // apply: x R = (x * s / sqrt(n)) (S_p (x) H_m); inverse: y R^T = (y / sqrt(n)) (S_p (x) H_m^T) * s.
+  const at::Tensor none;
+  const at::Tensor& pre = inverse || !has_signs() ? none : (is_double ? scaled_signs64_ : scaled_signs32_);
+  const at::Tensor& post = !inverse || !has_signs() ? none : (is_double ? signs64_ : signs32_);
+  const at::Tensor& base = padded_base_[is_double][inverse];
+  auto launch = [&](auto zero) {
+    using T = decltype(zero);
+    const RowJob<T> job{input.data_ptr<T>(),
+                        result.data_ptr<T>(),
+                        n_,
+                        m_,
+                        pre.defined() ? pre.data_ptr<T>() : nullptr,
+                        static_cast<T>(inverse_sqrt(n_)),
+                        post.defined() ? post.data_ptr<T>() : nullptr,
+                        m_ > 1 ? base.data_ptr<T>() : nullptr,
+                        base_stride_,
+                        inverse};
+    transform(job, rows);
   };
-
-  at::Tensor result;
-  if (m_ == 1) {
-    result = at::empty_like(flat);
-    fwht(flat, result);
-  } else if (!inverse) {
-    // (x * s) (H_p (x) H_m) / sqrt(n): Walsh-Hadamard on the p axis, then H_m on runs of m.
-    at::Tensor tmp = at::empty_like(flat);
-    fwht(flat, tmp);
-    result = at::mm(tmp.view({rows * p_, m_}), base).view({rows, n_});
-  } else {
-    // y (H_p (x) H_m^T) / sqrt(n) * s: H_m^T first, then Walsh-Hadamard (and signs) in place.
-    result = at::mm(flat.view({rows * p_, m_}), base).view({rows, n_});
-    fwht(result, result);
+  if (rows > 0) {
+    if (is_double)
+      launch(0.0);
+    else
+      launch(0.0f);
   }
   result = result.view(x.sizes());
   return result.scalar_type() == dtype ? result : result.to(dtype);
@@ -477,8 +562,7 @@ at::Tensor HadamardRotation::dense() const {
 
 std::map<std::string, at::Tensor> HadamardRotation::factors() const {
   if (n_ <= kDenseFactorLimit) return {{"R", dense()}};
-  return {{"H_pow2", sylvester_matrix(p_)},
-          {"H_base", base64_},
+  return {{"H_base", base64_},
           {"signs", (has_signs() ? signs64_ : at::ones({n_}, at::kDouble)).view({1, n_})}};
 }
 

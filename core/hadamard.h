@@ -29,6 +29,17 @@
 
 namespace sqlab {
 
+// Instruction set used by the hand-written kernels here and in core/kronecker.cpp: SIMD
+// registers of 64 (avx512), 32 (avx2) or 16 bytes (generic: whatever the baseline target
+// has). The default is the best the CPU supports; set_simd_level lets tests and benchmarks
+// run the others (throws sqlab::Error for a level the CPU lacks). Results agree across levels
+// up to rounding (bitwise for the Hadamard transforms).
+enum class SimdLevel { generic, avx2, avx512 };
+SimdLevel simd_level();
+void set_simd_level(SimdLevel level);
+bool simd_level_supported(SimdLevel level);
+const char* simd_level_name(SimdLevel level);
+
 // The dense normalized Hadamard matrix (H_{2^k} (x) H_m) / sqrt(n), float64, n x n.
 // Unsupported n throws the sqlab::Error of hadamard_base_matrix (it lists the base orders).
 at::Tensor hadamard_matrix(int64_t n);
@@ -51,8 +62,9 @@ class HadamardRotation : public Rotation {
   at::Tensor apply_inverse(const at::Tensor& y) const override;
   at::Tensor dense() const override;
   // {"R": dense()} for n <= kDenseFactorLimit; above it (a dense 28672 x 28672 float64 matrix
-  // is 6.6 GB) the compact form {"H_pow2": (2^k x 2^k, +-1), "H_base": (m x m, +-1),
-  // "signs": (1 x n)}, from which R = diag(signs) (H_pow2 (x) H_base) / sqrt(n).
+  // is 6.6 GB) the compact form {"H_base": (m x m, +-1), "signs": (1 x n, all +1 without
+  // signs)}, from which R = diag(signs) (S_p (x) H_base) / sqrt(n), p = n / m, S_p the
+  // Sylvester matrix (sylvester_matrix(p): entry (i, j) = (-1)^popcount(i & j)).
   std::map<std::string, at::Tensor> factors() const override;
   std::string describe() const override { return description_; }
 
@@ -67,8 +79,11 @@ class HadamardRotation : public Rotation {
   at::Tensor run(const at::Tensor& x, bool inverse) const;
 
   int64_t n_ = 0, m_ = 1, p_ = 1;
-  at::Tensor base64_, base32_;            // H_m (+-1), m x m
-  at::Tensor base_t64_, base_t32_;        // H_m^T
+  at::Tensor base64_;                     // H_m (+-1), m x m, float64
+  // H_m (apply) and H_m^T (inverse), +-1, zero-padded to m x base_stride_ for the kernel;
+  // index [double][inverse].
+  at::Tensor padded_base_[2][2];
+  int64_t base_stride_ = 0;
   at::Tensor signs64_, signs32_;          // s (+-1)
   at::Tensor scaled_signs64_, scaled_signs32_;  // s / sqrt(n)
   std::string description_;

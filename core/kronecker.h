@@ -49,6 +49,7 @@ class KroneckerRotation : public Rotation {
   // Per dtype: left factor (applied as L M, n1 x n1) and right factor (M Q, n2 x n2):
   // apply: L = R1^T, Q = R2; inverse: L = R1, Q = R2^T. Index [double][inverse].
   at::Tensor left_[2][2], right_[2][2];
+  at::Tensor right_padded_[2][2];  // right_, zero-padded to n2 x (n2 rounded up to 16)
   std::string description_;
 };
 

@@ -184,6 +184,23 @@ QuantSpec parse_spec(ConfigReader& reader, const std::string& prefix, const Quan
 
 }  // namespace
 
+std::map<std::string, std::string> quant_settings(const QuantConfig& config) {
+  std::map<std::string, std::string> out;
+  auto add = [&](const std::string& prefix, const QuantSpec& s, const char* row_name) {
+    out[prefix + "bits"] = std::to_string(s.bits);
+    out[prefix + "sym"] = s.symmetric ? "true" : "false";
+    out[prefix + "granularity"] = s.granularity == Granularity::per_tensor ? "per_tensor"
+                                  : s.granularity == Granularity::per_group ? "per_group"
+                                                                            : row_name;
+    out[prefix + "group_size"] = std::to_string(s.group_size);
+    out[prefix + "clip"] = fmt::format("{}", s.clip);
+  };
+  add("w_", config.weight, "per_channel");
+  add("a_", config.act, "per_token");
+  out["rounding"] = config.act.rounding == Rounding::smooth ? "smooth" : "ste";
+  return out;
+}
+
 QuantConfig parse_quant_config(ConfigReader& reader) {
   QuantConfig config;
   config.weight = parse_spec(reader, "w_", config.weight, "per_channel");

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 namespace sqlab {
@@ -44,6 +45,10 @@ struct QuantConfig {
 // a_granularity, w_group_size, a_group_size, w_clip, a_clip, and `rounding: ste|smooth`
 // for both weights and activations).
 QuantConfig parse_quant_config(ConfigReader& reader);
+
+// Every `quant:` key with its effective value (defaults filled in), as text, so two
+// configurations can be compared key by key.
+std::map<std::string, std::string> quant_settings(const QuantConfig& config);
 
 // Quantize-dequantize. x: 2-D floating tensor. No autograd; the float32 path is a
 // single fused pass per row.

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <ctime>
 #include <filesystem>
+#include <set>
 #include <type_traits>
 #include <vector>
 
@@ -119,8 +120,9 @@ void check_name(const std::string& file, const std::string& parent, const std::s
          "invalid name '" + name + "' (names must be non-empty, not '.', and contain no '/')");
 }
 
+template <class Value>
 void check_names(const std::string& file, const std::string& parent,
-                 const std::map<std::string, double>& values) {
+                 const std::map<std::string, Value>& values) {
   for (const auto& entry : values) check_name(file, parent, entry.first);
 }
 
@@ -138,6 +140,10 @@ void validate(const std::string& file, const RunRecord& r) {
   for (const auto& [site, metrics] : r.site_metrics) {
     check_name(file, "/sites", site);
     check_names(file, "/sites/" + site + "/metrics", metrics);
+  }
+  for (const auto& [site, channels] : r.site_channels) {
+    check_name(file, "/sites", site);
+    check_names(file, "/sites/" + site + "/channels", channels);
   }
   for (const auto& [name, trace] : r.traces) {
     check_name(file, "/traces", name);
@@ -179,12 +185,7 @@ class RunFileWriter {
     write_root_attributes(root, r);
     write_string_dataset(root, "/", "config", r.config_yaml);
     write_scalars(group(root, "/", "metrics"), "/metrics", r.metrics);
-    H5::Group sites = group(root, "/", "sites");
-    for (const auto& [site, metrics] : r.site_metrics) {
-      std::string site_path = "/sites/" + site;
-      write_scalars(group(group(sites, "/sites", site), site_path, "metrics"),
-                    site_path + "/metrics", metrics);
-    }
+    write_sites(group(root, "/", "sites"), r);
     H5::Group traces = group(root, "/", "traces");
     for (const auto& [name, trace] : r.traces) {
       H5::Group g = group(traces, "/traces", name);
@@ -275,6 +276,24 @@ class RunFileWriter {
     });
   }
 
+  void write_sites(H5::Group sites, const RunRecord& r) {
+    std::set<std::string> names;
+    for (const auto& item : r.site_metrics) names.insert(item.first);
+    for (const auto& item : r.site_channels) names.insert(item.first);
+    for (const std::string& site : names) {
+      const std::string site_path = "/sites/" + site;
+      H5::Group g = group(sites, "/sites", site);
+      auto metrics = r.site_metrics.find(site);
+      if (metrics != r.site_metrics.end())
+        write_scalars(group(g, site_path, "metrics"), site_path + "/metrics", metrics->second);
+      auto channels = r.site_channels.find(site);
+      if (channels == r.site_channels.end()) continue;
+      H5::Group c = group(g, site_path, "channels");
+      for (const auto& [name, values] : channels->second)
+        write_vector(c, site_path + "/channels", name, values, false);
+    }
+  }
+
   void write_rotations(H5::Group parent,
                        const std::map<std::string, std::map<std::string, at::Tensor>>& rotations) {
     for (const auto& [site, factors] : rotations) {
@@ -323,6 +342,9 @@ class RunFileReader {
     }
     r.timing = read_scalars(root, "/timing");
     if (!full) return r;
+    for (const std::string& site : children(root, "/sites"))
+      for (const std::string& name : children(root, "/sites/" + site + "/channels"))
+        r.site_channels[site][name] = read_vector<double>(root, "/sites/" + site + "/channels/" + name);
     for (const std::string& name : children(root, "/traces")) {
       std::string path = "/traces/" + name;
       r.traces[name] = {read_vector<int64_t>(root, path + "/step"),

@@ -32,6 +32,8 @@ struct RunRecord {
   std::map<std::string, std::string> attributes;  // extra root attributes
   std::map<std::string, double> metrics;
   std::map<std::string, std::map<std::string, double>> site_metrics;  // site -> name -> value
+  // site -> name -> one value per channel (/sites/SITE/channels/NAME).
+  std::map<std::string, std::map<std::string, std::vector<double>>> site_channels;
   std::map<std::string, Trace> traces;
   std::map<std::string, Histogram> histograms;
   // site -> factor name ("R", or "R1" and "R2") -> dense matrix (float64 on disk).

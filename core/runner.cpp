@@ -93,7 +93,12 @@ void evaluate_one_site(const PreparedRun& p, const Site& site, bool prefixed, Ru
   if (!rotation || rotation->size() != site.X.size(1))
     throw Error(fmt::format("method {} returned a rotation of the wrong size for site {}", p.spec->method, site.name));
   throw_if_interrupted();
-  const SiteEvaluation eval = evaluate_site(site, *rotation, p.quant, p.record.histograms ? p.record.histogram_bins : 0);
+  EvalOptions options;
+  options.histogram_bins = p.record.histograms ? p.record.histogram_bins : 0;
+  options.outlier_token_threshold = p.outlier_token_threshold;
+  const SiteEvaluation eval = evaluate_site(site, *rotation, p.quant, options);
+  record.site_channels[site.name]["absmax_before"] = eval.channel_absmax_before;
+  record.site_channels[site.name]["absmax_after"] = eval.channel_absmax_after;
   for (const auto& [name, value] : eval.metrics) metrics[name] = value;
   metrics["build_seconds"] = build;
   metrics["apply_seconds"] = eval.apply_seconds;
@@ -152,6 +157,13 @@ void prepare_directory(const Experiment& ex, const fs::path& out) {
   write_file_atomic((out / "config.yaml").string(), emit_yaml(ex.resolved));
 }
 
+void select_shard(std::vector<PreparedRun>& runs, int64_t index, int64_t count) {
+  std::vector<PreparedRun> mine;
+  for (size_t i = 0; i < runs.size(); ++i)
+    if (static_cast<int64_t>(i) % count == index) mine.push_back(std::move(runs[i]));
+  runs = std::move(mine);
+}
+
 }  // namespace
 
 std::vector<PreparedRun> prepare_all(const Experiment& ex, const Registries& registries) {
@@ -169,6 +181,8 @@ PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registri
   p.spec = &run;
   ConfigReader data(run.config["data"], ex.file, "data", run.sources);
   p.data_source = data.get<std::string>("source", "");
+  p.outlier_token_threshold = data.get<double>("outlier_token_threshold", p.outlier_token_threshold);
+  if (!(p.outlier_token_threshold > 0)) data.fail("outlier_token_threshold", "must be positive");
   if (!registries.datasets.contains(p.data_source))
     data.fail("source", registries.datasets.unknown_message(p.data_source));
   p.dataset = registries.datasets.create(p.data_source, data);
@@ -188,7 +202,8 @@ PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registri
 }
 
 RunnerResult run_experiment(const Experiment& ex, const Registries& registries, const RunnerOptions& options) {
-  const std::vector<PreparedRun> prepared = prepare_all(ex, registries);
+  std::vector<PreparedRun> prepared = prepare_all(ex, registries);
+  select_shard(prepared, options.shard_index, options.shard_count);
   const fs::path out(options.out_dir);
   prepare_directory(ex, out);
 

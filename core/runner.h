@@ -28,6 +28,7 @@ struct PreparedRun {
   std::unique_ptr<RotationMethod> method;
   QuantConfig quant;
   RecordOptions record;
+  double outlier_token_threshold = 10.0;  // data.outlier_token_threshold
   std::string data_key;  // equal keys load equal data (cache)
 };
 
@@ -42,6 +43,10 @@ std::vector<PreparedRun> prepare_all(const Experiment& experiment, const Registr
 struct RunnerOptions {
   std::string out_dir;
   bool resume = false;
+  // Run only the runs whose position i satisfies i % shard_count == shard_index, so
+  // N machines (a SLURM array, say) share one sweep; `sqlab merge` joins the pieces.
+  int64_t shard_index = 0;
+  int64_t shard_count = 1;
   bool progress = true;  // on a terminal only (the caller decides)
 };
 

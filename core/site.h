@@ -4,7 +4,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace sqlab {
 
@@ -12,6 +14,9 @@ struct Site {
   std::string name;
   at::Tensor X;  // T x n, float32
   at::Tensor W;  // C_out x n, float32
+  // Tokens the source knows to carry massive outliers (the synthetic dataset plants
+  // them); empty when unknown. Recorded next to the detected ones.
+  std::vector<int64_t> known_outlier_tokens;
 };
 
 }  // namespace sqlab

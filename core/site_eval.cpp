@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cmath>
 
 #include "core/error.h"
 #include "core/histogram.h"
@@ -23,6 +24,11 @@ void check_tensor(const Site& site, const at::Tensor& t, const char* name) {
     throw Error(fmt::format("site {}: {} contains NaN or Inf", site.name, name));
 }
 
+std::vector<double> to_vector(const at::Tensor& t) {
+  const at::Tensor d = t.to(at::kDouble).contiguous();
+  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+}
+
 }  // namespace
 
 void check_site(const Site& site) {
@@ -33,8 +39,31 @@ void check_site(const Site& site) {
                             site.X.size(1), site.W.size(1)));
 }
 
+std::vector<int64_t> detect_outlier_tokens(const at::Tensor& x, double threshold) {
+  const at::Tensor token_absmax = x.abs().amax(1).to(at::kDouble);
+  const double median = token_absmax.median().item<double>();
+  const at::Tensor picked = at::nonzero(token_absmax > threshold * median).reshape({-1}).contiguous();
+  return std::vector<int64_t>(picked.data_ptr<int64_t>(), picked.data_ptr<int64_t>() + picked.numel());
+}
+
+void outlier_token_split(const at::Tensor& quantized, const at::Tensor& reference,
+                         const std::vector<int64_t>& outlier_tokens, std::map<std::string, double>& metrics) {
+  const at::Tensor error_energy = (quantized.to(at::kDouble) - reference.to(at::kDouble)).pow(2).sum(1);
+  const at::Tensor signal_energy = reference.to(at::kDouble).pow(2).sum(1);
+  at::Tensor is_outlier = at::zeros({reference.size(0)}, at::kBool);
+  for (int64_t t : outlier_tokens) is_outlier[t] = true;
+  const double err_out = error_energy.masked_select(is_outlier).sum().item<double>();
+  const double ref_out = signal_energy.masked_select(is_outlier).sum().item<double>();
+  const double err_other = error_energy.sum().item<double>() - err_out;
+  const double ref_other = signal_energy.sum().item<double>() - ref_out;
+  metrics["outlier_tokens"] = static_cast<double>(outlier_tokens.size());
+  metrics["outlier_token_energy_share"] = ref_out / (ref_out + ref_other);
+  metrics["rel_output_error_outlier_tokens"] = ref_out > 0 ? std::sqrt(err_out / ref_out) : 0.0;
+  metrics["rel_output_error_other_tokens"] = ref_other > 0 ? std::sqrt(err_other / ref_other) : 0.0;
+}
+
 SiteEvaluation evaluate_site(const Site& site, const Rotation& rotation, const QuantConfig& quant,
-                             int histogram_bins) {
+                             const EvalOptions& options) {
   at::NoGradGuard no_grad;
   SiteEvaluation result;
   const auto start = std::chrono::steady_clock::now();
@@ -58,9 +87,14 @@ SiteEvaluation evaluate_site(const Site& site, const Rotation& rotation, const Q
   m["act_kurtosis_before"] = kurtosis(site.X);
   // Without quantization the rotation must cancel: (XR)(WR)^T = X W^T.
   m["invariance_error"] = relative_error(at::matmul(xr, wr.t()), reference);
-  if (histogram_bins > 0) {
-    result.act_before = make_histogram(site.X, histogram_bins);
-    result.act_after = make_histogram(xr, histogram_bins);
+  outlier_token_split(quantized, reference, detect_outlier_tokens(site.X, options.outlier_token_threshold), m);
+  m["outlier_token_threshold"] = options.outlier_token_threshold;
+  if (!site.known_outlier_tokens.empty()) m["known_outlier_tokens"] = static_cast<double>(site.known_outlier_tokens.size());
+  result.channel_absmax_before = to_vector(site.X.abs().amax(0));
+  result.channel_absmax_after = to_vector(xr.abs().amax(0));
+  if (options.histogram_bins > 0) {
+    result.act_before = make_histogram(site.X, options.histogram_bins);
+    result.act_after = make_histogram(xr, options.histogram_bins);
   }
   return result;
 }

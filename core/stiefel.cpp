@@ -93,7 +93,7 @@ CayleyStepStats CayleySGD::step(const std::vector<at::Tensor>& params, const std
   stats.step = step_;
   stats.lr = current_lr();
 
-  // Euclidean and Riemannian gradient norms at the point where G was taken; clipping.
+  // The Euclidean gradient norm (before clipping) and the clipping factor.
   double euclid_sq = 0.0, riemann_sq = 0.0;
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& R = params[i];
@@ -101,11 +101,8 @@ CayleyStepStats CayleySGD::step(const std::vector<at::Tensor>& params, const std
     if (R.dim() != 2 || !G.defined() || G.sizes() != R.sizes() || R.size(0) > R.size(1))
       throw Error(fmt::format("cayley_sgd: parameter {} must be p x n with p <= n and a gradient of its shape", i));
     euclid_sq += G.pow(2).sum().item<double>();
-    const at::Tensor rg = at::mm(G, R.t());  // ||G R^T - R G^T||_F
-    riemann_sq += (rg - rg.t()).pow(2).sum().item<double>();
   }
   stats.euclid_grad_norm = std::sqrt(euclid_sq);
-  stats.grad_norm = std::sqrt(riemann_sq);
   double grad_scale = 1.0;
   if (options_.grad_clip > 0.0 && stats.euclid_grad_norm > options_.grad_clip)
     grad_scale = options_.grad_clip / (stats.euclid_grad_norm + 1e-6);
@@ -124,9 +121,19 @@ CayleyStepStats CayleySGD::step(const std::vector<at::Tensor>& params, const std
     const at::Tensor Rt = unity.t();  // n x p
     at::Tensor V = grads[i].t();
     V = grad_scale == 1.0 ? -V : V * -grad_scale;
-    if (options_.momentum > 0.0 && buffers_[i].defined()) V = V + options_.momentum * buffers_[i];
+    const bool with_buffer = options_.momentum > 0.0 && buffers_[i].defined();
+    if (with_buffer) V = V + options_.momentum * buffers_[i];
 
     const at::Tensor MX = at::mm(V, unity);                    // V R       (n x n)
+    // Riemannian gradient norm ||G R^T - R G^T||_F. For square orthogonal R it equals
+    // ||R^T G - G^T R||_F (conjugation by R), which is ||MX - MX^T||_F / grad_scale when V
+    // is the scaled gradient alone: no extra matmul on the common path.
+    if (!with_buffer && R.size(0) == R.size(1)) {
+      riemann_sq += (MX - MX.t()).pow(2).sum().item<double>() / (grad_scale * grad_scale);
+    } else {
+      const at::Tensor rg = at::mm(grads[i], R.t());
+      riemann_sq += (rg - rg.t()).pow(2).sum().item<double>();
+    }
     const at::Tensor XXMX = at::mm(Rt, at::mm(unity, MX));      // R^T R V R
     const at::Tensor W_hat = MX - 0.5 * XXMX;
     const at::Tensor A = W_hat - W_hat.t();                     // skew
@@ -150,6 +157,7 @@ CayleyStepStats CayleySGD::step(const std::vector<at::Tensor>& params, const std
     orth_sq += gram.pow(2).sum().item<double>();
   }
   stats.orth_error = std::sqrt(orth_sq);
+  stats.grad_norm = std::sqrt(riemann_sq);
   ++step_;
   return stats;
 }

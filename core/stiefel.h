@@ -66,7 +66,8 @@ struct CayleyStepStats {
   double lr = 0.0;                // the scheduled lr_t
   double step_size = 0.0;         // a = min(lr_t, 1 / ||A||_1) (the largest over parameters)
   double euclid_grad_norm = 0.0;  // ||G||_F before clipping
-  double grad_norm = 0.0;         // Riemannian ||G R^T - R G^T||_F at the R where G was taken
+  double grad_norm = 0.0;         // Riemannian ||G R^T - R G^T||_F (R: the step's start, rows
+                                  // normalized; equal for orthogonal R)
   double orth_error = 0.0;        // ||R R^T - I||_F after the step
   bool reorthonormalized = false;
 };

@@ -1,8 +1,12 @@
 #include "core/summary.h"
 
+#include "core/error.h"
+
 #include <fmt/format.h>
 
 #include <cmath>
+#include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -47,6 +51,37 @@ nlohmann::json number_json(double value) {
 }
 
 }  // namespace
+
+std::vector<SummaryRow> read_summary_rows(const std::string& dir) {
+  const std::string path = dir + "/summary.json";
+  std::ifstream in(path);
+  if (!in) throw config_error(fmt::format("{}: no summary.json (is this a sqlab results directory?)", dir));
+  nlohmann::json summary;
+  try {
+    summary = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw config_error(fmt::format("{}: unreadable: {}", path, e.what()));
+  }
+  std::vector<SummaryRow> rows;
+  for (const auto& r : summary.value("runs", nlohmann::json::array())) {
+    SummaryRow row;
+    row.run_id = r.value("run_id", "");
+    row.label = r.value("label", "");
+    row.method = r.value("method", "");
+    row.seed = r.value("seed", int64_t{0});
+    row.status = r.value("status", "");
+    row.error = r.value("error", "");
+    // Named copies: items() of a temporary would dangle inside the range-for.
+    const nlohmann::json point = r.value("point", nlohmann::json::object());
+    const nlohmann::json metrics = r.value("metrics", nlohmann::json::object());
+    for (const auto& [key, value] : point.items())
+      row.point.emplace_back(key, value.is_string() ? value.get<std::string>() : value.dump());
+    for (const auto& [key, value] : metrics.items())
+      row.metrics[key] = value.is_number() ? value.get<double>() : std::numeric_limits<double>::quiet_NaN();
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
 
 std::vector<SummaryGroup> group_rows(const std::vector<SummaryRow>& rows) {
   std::vector<SummaryGroup> groups;

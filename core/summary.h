@@ -32,6 +32,10 @@ struct SummaryGroup {
 
 std::vector<SummaryGroup> group_rows(const std::vector<SummaryRow>& rows);
 
+// The rows of DIR/summary.json (null metrics, written for NaN, come back as NaN).
+// Throws a config error naming the directory when there is no readable summary.
+std::vector<SummaryRow> read_summary_rows(const std::string& dir);
+
 // Columns: run_id, label, method, seed, status, each swept key, each metric, error.
 std::string summary_csv(const std::vector<SummaryRow>& rows, const std::vector<std::string>& swept_keys);
 nlohmann::json summary_json(const std::string& name, const std::vector<SummaryRow>& rows,

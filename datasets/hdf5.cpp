@@ -104,7 +104,6 @@ const char* class_name(H5T_class_t c) {
 }
 
 struct Listing {
-  hid_t file;
   std::vector<std::string> items;
 };
 
@@ -150,7 +149,7 @@ class Hdf5SiteFile {
 
   // Datasets anywhere in the file, with their shapes.
   std::string contents() const {
-    Listing listing{file_.get(), {}};
+    Listing listing;
     H5Lvisit(file_.get(), H5_INDEX_NAME, H5_ITER_INC, list_dataset, &listing);
     return listing.items.empty() ? "no datasets" : list_names(listing.items, 40);
   }

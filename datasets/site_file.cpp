@@ -78,7 +78,7 @@ void check_site_shapes(const std::string& site, const std::string& x_origin, con
   if (x_shape[1] == 0) throw config_error(fmt::format("{}: zero channels (shape {})", x_origin, shape_string(x_shape)));
   if (w_shape[0] == 0) throw config_error(fmt::format("{}: zero rows (shape {})", w_origin, shape_string(w_shape)));
   if (x_shape[1] != w_shape[1])
-    throw config_error(fmt::format("site {}: X and W disagree on n: {} has {} channels (shape {}) but {} has {} "
+    throw config_error(fmt::format("X and W of site '{}' disagree on n: {} has {} channels (shape {}) but {} has {} "
                                    "input features (shape {}); W must be out_features x n",
                                    site, x_origin, x_shape[1], shape_string(x_shape), w_origin, w_shape[1],
                                    shape_string(w_shape)));
@@ -104,7 +104,11 @@ Site finish_site(const RawSite& site, const SiteFileOptions& options, uint64_t s
       x = x.slice(0, 0, options.tokens);
     }
   }
-  return Site{site.name, x.to(options.dtype).contiguous(), site.W.to(options.dtype).contiguous()};
+  Site result;  // known_outlier_tokens stays empty: a file does not say
+  result.name = site.name;
+  result.X = x.to(options.dtype).contiguous();
+  result.W = site.W.to(options.dtype).contiguous();
+  return result;
 }
 
 std::string list_names(const std::vector<std::string>& names, size_t limit) {

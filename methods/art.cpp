@@ -17,7 +17,7 @@ class ArtMethod : public RotationMethod {
 
   RotationPtr fit(const FitContext& context) const override {
     const std::string purpose = "art/" + context.site.name;
-    const ArtFactor art = build_art_factor(context.site.X.to(at::kDouble), options_,
+    const ArtFactor art = build_art_factor(context.site.X, options_,
                                            context.seed, purpose);
     record_art(context.log, art, "art", "art (site " + context.site.name + ")");
     return std::make_unique<DenseRotation>(art.matrix, "art");

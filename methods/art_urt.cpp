@@ -61,27 +61,35 @@ ArtPass build_art_pass(const at::Tensor& population, const ArtOptions& options,
                        uint64_t complement_seed) {
   const int64_t m = population.size(1);
   ArtPass pass;
-  const at::Tensor magnitude = population.abs();
-  auto [column_max, column_argmax] = magnitude.max(0);
-  const std::vector<double> colmax = to_vector(column_max);
+  // One read of the population for the per-coordinate max |v_k|; the entries above the
+  // limit can only sit in coordinates whose max is above it, so only those are re-read.
+  // (amax and amin measured 3x faster than aminmax or abs().max(0) on 131072 x 64.)
+  const std::vector<double> colmax = to_vector(at::maximum(population.amax(0), population.amin(0).neg()));
   pass.scale = median(colmax);
   const double limit = options.outlier_threshold * pass.scale;
-  pass.detected = magnitude.gt(limit).sum().item<int64_t>();
-  if (pass.detected == 0) return pass;
-
-  // Largest MO first: a coordinate's largest entry stands for all of its entries, since
-  // once the coordinate is paired its other MO are covered by the same rotation.
   std::vector<int64_t> order;
   for (int64_t k = 0; k < m; ++k)
     if (colmax[k] > limit) order.push_back(k);
+  if (order.empty()) return pass;
+  const at::Tensor candidates =
+      population.index_select(1, at::tensor(order, at::TensorOptions().dtype(at::kLong))).abs();
+  pass.detected = candidates.gt(limit).sum().item<int64_t>();
+  const std::vector<int64_t> rows = [&] {
+    const at::Tensor argmax = candidates.argmax(0).contiguous();
+    return std::vector<int64_t>(argmax.data_ptr<int64_t>(), argmax.data_ptr<int64_t>() + argmax.numel());
+  }();
+  std::vector<int64_t> row_of(m, -1);
+  for (size_t c = 0; c < order.size(); ++c) row_of[order[c]] = rows[c];
+
+  // Largest MO first: a coordinate's largest entry stands for all of its entries, since
+  // once the coordinate is paired its other MO are covered by the same rotation.
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return colmax[a] > colmax[b]; });
-  const at::Tensor rows = column_argmax.contiguous();
   std::vector<bool> used(m, false);
   for (int64_t i : order) {
     if (used[i]) continue;
     if (options.max_pairs > 0 && static_cast<int64_t>(pass.pairs.size()) >= options.max_pairs) break;
-    const std::vector<double> v = to_vector(population[rows[i].item<int64_t>()]);
+    const std::vector<double> v = to_vector(population[row_of[i]]);
     int64_t j = -1;
     for (int64_t k = 0; k < m; ++k)
       if (k != i && !used[k] && (j < 0 || std::abs(v[k]) < std::abs(v[j]))) j = k;
@@ -121,12 +129,12 @@ ArtPass build_art_pass(const at::Tensor& population, const ArtOptions& options,
 
 ArtFactor build_art_factor(const at::Tensor& population, const ArtOptions& options,
                            uint64_t seed, const std::string& purpose) {
-  const at::Tensor pop = population.to(at::kDouble);
+  const at::Tensor& pop = population;
   const int64_t m = pop.size(1);
   ArtFactor art;
   at::Tensor total;
   for (int64_t k = 0; k < options.passes; ++k) {
-    const at::Tensor rotated = total.defined() ? at::matmul(pop, total) : pop;
+    const at::Tensor rotated = total.defined() ? at::matmul(pop, total.to(pop.scalar_type())) : pop;
     ArtPass pass = build_art_pass(rotated, options,
                                   derive_seed(seed, fmt::format("{}/pass{}", purpose, k)));
     art.detected += pass.detected;
@@ -144,12 +152,13 @@ ArtFactor build_art_factor(const at::Tensor& population, const ArtOptions& optio
 }
 
 std::vector<double> urt_statistic(const at::Tensor& population, UrtStatistic statistic) {
-  const at::Tensor pop = population.to(at::kDouble);
+  // Sums accumulate in float64 whatever the population's dtype.
+  const at::Tensor& pop = population;
   switch (statistic) {
-    case UrtStatistic::mean: return to_vector(pop.mean(0));
+    case UrtStatistic::mean: return to_vector(at::mean(pop, {0}, false, at::kDouble));
     case UrtStatistic::absmax: return to_vector(pop.abs().amax(0));
-    case UrtStatistic::rms: return to_vector(pop.square().mean(0).sqrt());
-    case UrtStatistic::mean_abs: return to_vector(pop.abs().mean(0));
+    case UrtStatistic::rms: return to_vector(at::mean(pop.square(), {0}, false, at::kDouble).sqrt());
+    case UrtStatistic::mean_abs: return to_vector(at::mean(pop.abs(), {0}, false, at::kDouble));
   }
   return {};
 }

@@ -2,7 +2,8 @@
 // (method-notes.md sections 4 and 5). A factor acts on a *population*: an N x m matrix
 // whose rows are the vectors it rotates (v -> v R). For a dense method the population
 // is X itself; inside a Kronecker form it is the columns or rows of every token's
-// reshaped matrix (section 3).
+// reshaped matrix (section 3). Populations may be float32 or float64 (kept as given;
+// statistics accumulate in float64); the matrices built are float64.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -6,12 +6,18 @@ void register_identity(MethodRegistry& registry);
 void register_random_orthogonal(MethodRegistry& registry);
 void register_art(MethodRegistry& registry);
 void register_urt(MethodRegistry& registry);
+void register_singlequant(MethodRegistry& registry);
+void register_hadamard(MethodRegistry& registry);
+void register_cayley_sgd(MethodRegistry& registry);
 
 void register_builtin_methods(MethodRegistry& registry) {
   register_identity(registry);
   register_random_orthogonal(registry);
   register_art(registry);
   register_urt(registry);
+  register_singlequant(registry);
+  register_hadamard(registry);
+  register_cayley_sgd(registry);
 }
 
 }  // namespace sqlab

@@ -15,14 +15,26 @@
 //   batch_tokens: 0 (all tokens every step)
 //   precision: float32|float64 (of the training; the result is float64)
 //   keep: final|best (best: the R of the lowest traced loss)
-// The learning-rate schedule counts `steps`. quant.rounding: smooth trains on the smooth
-// surrogate of rounding (the control run); the evaluation always rounds.
+//   rounding: quant|ste|smooth (quant: as quant.rounding says)
+// The learning-rate schedule counts `steps`. Rounding `smooth` (quant.rounding, or this
+// method's own `rounding` so that one experiment can hold the STE run and the smooth
+// control next to single-pass methods) trains on the smooth surrogate of rounding; the
+// evaluation always rounds.
 //
 // Traces per step t (R_t: the rotation before step t): loss (at R_t), grad_norm (the
 // Riemannian ||G R^T - R G^T||_F at R_t), euclid_grad_norm (||G||_F), lr (scheduled),
 // step_size (min(lr, 1 / ||A||_1)), orth_error (||R R^T - I||_F of R_{t+1}; summed over
-// factors in squares). The returned R is re-orthonormalized (QR, sign fix) in float64 so
+// factors in squares), and with smooth rounding quant_loss (the loss at R_t with real
+// rounding, same tokens). The returned R is re-orthonormalized (QR, sign fix) in float64 so
 // it is orthogonal to rounding error; orth_error_before_fix records how far it was.
+//
+// Metrics: initial_loss, best_loss / best_step (traced losses and the returned R's),
+// final_loss (the returned R, all tokens, training rounding), final_quant_loss (the same with
+// real rounding: the evaluation's rel_output_error squared), step_seconds, grad_norm_first /
+// grad_norm_last / grad_norm_ratio (Riemannian norm, mean over the first / last
+// min(100, steps / 2) steps), loss_tail_mean / loss_tail_range / loss_tail_std (last
+// min(500, steps / 2) steps), smooth_rounding, n1 / n2, and every option as opt_* (choices
+// as 0-based indices into the lists above), because defaults are not in the stored config.
 #include "methods/cayley_sgd.h"
 
 #include <ATen/ATen.h>
@@ -31,7 +43,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <optional>
 
 #include "core/config.h"
 #include "core/hadamard.h"
@@ -61,7 +72,7 @@ namespace {
 
 enum class Init { random_hadamard, identity, random_orthogonal };
 const std::vector<std::string> kInitChoices{"random_hadamard", "identity", "random_orthogonal"};
-const std::vector<std::string> kScheduleChoices{"constant", "linear", "cosine"};
+const std::vector<std::string> kScheduleChoices{"linear", "constant", "cosine"};  // as listed above
 
 struct CayleyMethodOptions {
   CayleySGDOptions sgd;
@@ -72,6 +83,7 @@ struct CayleyMethodOptions {
   int64_t batch_tokens = 0;
   bool float64 = false;
   bool keep_best = false;
+  std::string rounding = "quant";
 };
 
 int index_of(const std::string& value, const std::vector<std::string>& choices) {
@@ -106,6 +118,7 @@ CayleyMethodOptions parse_options(ConfigReader& reader) {
   if (o.batch_tokens < 0) reader.fail("batch_tokens", "must be >= 0 (0: all tokens)");
   o.float64 = reader.choice("precision", "float32", {"float32", "float64"}) == "float64";
   o.keep_best = reader.choice("keep", "final", {"final", "best"}) == "best";
+  o.rounding = reader.choice("rounding", "quant", {"quant", "ste", "smooth"});
   reader.finish();
   return o;
 }
@@ -123,6 +136,53 @@ double mean_of(const std::vector<double>& values, size_t begin, size_t end) {
   return sum / static_cast<double>(end - begin);
 }
 
+// x R for R = factors[0] (dense) or R1 (x) R2 = factors[0] (x) factors[1]: x R =
+// vec(R1^T M R2), M = x.reshape(n1, n2) (core/kronecker.h). Differentiable.
+at::Tensor rotate(const at::Tensor& x, const std::vector<at::Tensor>& factors) {
+  if (factors.size() == 1) return at::mm(x, factors[0]);
+  const int64_t n1 = factors[0].size(0), n2 = factors[1].size(0);
+  return at::matmul(at::matmul(factors[0].t(), x.reshape({-1, n1, n2})), factors[1]).reshape({-1, n1 * n2});
+}
+
+// The site in the training precision, with its reference output Y = X W^T.
+struct Problem {
+  at::Tensor X, W, Y;
+  QuantConfig quant;
+
+  at::Tensor loss(const at::Tensor& x, const at::Tensor& y, const std::vector<at::Tensor>& factors) const {
+    return quantized_output_loss(rotate(x, factors), rotate(W, factors), y, quant);
+  }
+};
+
+struct Trajectory {
+  std::vector<double> loss, grad_norm;
+  std::vector<at::Tensor> best;  // keep: best only
+  double best_loss = std::numeric_limits<double>::infinity();
+  int64_t best_step = -1;
+  double seconds = 0.0;
+};
+
+// The Riemannian gradient norm over the last w steps relative to the first w
+// (w = min(100, steps / 2)), and the loss's spread over the last min(500, steps / 2): the
+// oscillation figure's numbers.
+void record_convergence(FitLog& log, const Trajectory& t) {
+  const size_t count = t.loss.size();
+  if (count < 2) return;
+  const size_t w = std::min<size_t>(100, count / 2);
+  const double first = mean_of(t.grad_norm, 0, w), last = mean_of(t.grad_norm, count - w, count);
+  log.metric("grad_norm_first", first);
+  log.metric("grad_norm_last", last);
+  log.metric("grad_norm_ratio", first > 0 ? last / first : std::numeric_limits<double>::quiet_NaN());
+  const size_t tail = std::min<size_t>(500, count / 2);
+  const auto [lo, hi] = std::minmax_element(t.loss.end() - tail, t.loss.end());
+  const double mean = mean_of(t.loss, count - tail, count);
+  double var = 0.0;
+  for (size_t i = count - tail; i < count; ++i) var += (t.loss[i] - mean) * (t.loss[i] - mean);
+  log.metric("loss_tail_mean", mean);
+  log.metric("loss_tail_range", *hi - *lo);
+  log.metric("loss_tail_std", std::sqrt(var / static_cast<double>(tail)));
+}
+
 class CayleySgdMethod : public RotationMethod {
  public:
   explicit CayleySgdMethod(CayleyMethodOptions options) : o_(std::move(options)) {}
@@ -132,6 +192,8 @@ class CayleySgdMethod : public RotationMethod {
   std::pair<int64_t, int64_t> factorization(int64_t n) const;
   at::Tensor initial(int64_t m, const FitContext& context, const std::string& which) const;
   void record_options(FitLog& log, int64_t n1, int64_t n2) const;
+  Trajectory train(const Problem& problem, std::vector<at::Tensor>& params,
+                   const FitContext& context) const;
 
   CayleyMethodOptions o_;
 };
@@ -152,11 +214,13 @@ std::pair<int64_t, int64_t> CayleySgdMethod::factorization(int64_t n) const {
           o_.kronecker_where, o_.n1, o_.n2));
     return {o_.n1, o_.n2};
   }
-  const std::optional<std::pair<int64_t, int64_t>> best = balanced_factorization(n, acceptable);
-  if (!best)
-    throw config_error(fmt::format("{}: auto: no factorization n1 * n2 = {}{}", o_.kronecker_where, n,
-                                   need_hadamard ? " with Hadamard matrices of both orders (init random_hadamard)" : ""));
-  return *best;
+  try {
+    return balanced_factorization(n, acceptable);
+  } catch (const Error& e) {
+    throw config_error(fmt::format("{}: auto{}: {}", o_.kronecker_where,
+                                   need_hadamard ? " (init random_hadamard needs Hadamard matrices of both orders)" : "",
+                                   e.what()));
+  }
 }
 
 // The initial factor of order m (float64): D H (random signs times the normalized
@@ -196,167 +260,141 @@ void CayleySgdMethod::record_options(FitLog& log, int64_t n1, int64_t n2) const 
   log.metric("opt_batch_tokens", static_cast<double>(o_.batch_tokens));
   log.metric("opt_float64", o_.float64);
   log.metric("opt_keep_best", o_.keep_best);
+  log.metric("opt_rounding", index_of(o_.rounding, {"quant", "ste", "smooth"}));
   if (o_.kronecker) {
     log.metric("n1", static_cast<double>(n1));
     log.metric("n2", static_cast<double>(n2));
   }
 }
 
-RotationPtr CayleySgdMethod::fit(const FitContext& context) const {
-  const Site& site = context.site;
-  const int64_t n = site.X.size(1);
-  const int64_t tokens = site.X.size(0);
-  const at::ScalarType dtype = o_.float64 ? at::kDouble : at::kFloat;
-  const QuantConfig& quant = context.quant;
-
-  // Parameters: R (n x n) or R1 (n1 x n1), R2 (n2 x n2), float64 at first.
-  int64_t n1 = n, n2 = 1;
-  std::vector<at::Tensor> init64;
-  if (o_.kronecker) {
-    std::tie(n1, n2) = factorization(n);
-    init64 = {initial(n1, context, "R1"), initial(n2, context, "R2")};
-  } else {
-    init64 = {initial(n, context, "R")};
-  }
-  record_options(context.log, n1, n2);
-
-  std::vector<at::Tensor> params;
-  for (const at::Tensor& r : init64) params.push_back(r.to(dtype).contiguous().set_requires_grad(true));
-  auto rotate = [&](const at::Tensor& x) {
-    if (!o_.kronecker) return at::mm(x, params[0]);
-    // x R = vec(R1^T M R2), M = x.reshape(n1, n2) (core/kronecker.h).
-    const at::Tensor m = x.reshape({-1, n1, n2});
-    return at::matmul(at::matmul(params[0].t(), m), params[1]).reshape({-1, n});
-  };
-
-  at::Tensor X, W, Y;
-  {
-    at::NoGradGuard no_grad;
-    X = site.X.to(dtype).contiguous();
-    W = site.W.to(dtype).contiguous();
-    Y = at::mm(site.X.to(at::kDouble), site.W.to(at::kDouble).t()).to(dtype);
-  }
+Trajectory CayleySgdMethod::train(const Problem& problem, std::vector<at::Tensor>& params,
+                                  const FitContext& context) const {
+  const std::string& site = context.site.name;
+  const int64_t tokens = problem.X.size(0);
   const bool batched = o_.batch_tokens > 0 && o_.batch_tokens < tokens;
-  at::Generator batch_generator = make_generator(context.seed, "cayley_sgd/" + site.name + "/batches");
-  CayleySGD optimizer(o_.sgd, derive_seed(context.seed, "cayley_sgd/" + site.name + "/reorth"));
-
+  at::Generator batch_generator = make_generator(context.seed, "cayley_sgd/" + site + "/batches");
+  CayleySGD optimizer(o_.sgd, derive_seed(context.seed, "cayley_sgd/" + site + "/reorth"));
   FitLog& log = context.log;
-  const int64_t steps = o_.sgd.total_steps;
-  std::vector<double> losses, grad_norms;
-  losses.reserve(steps);
-  grad_norms.reserve(steps);
-  double best_loss = std::numeric_limits<double>::infinity();
-  int64_t best_step = -1;
-  std::vector<at::Tensor> best;
+  const bool smooth = problem.quant.act.rounding == Rounding::smooth || problem.quant.weight.rounding == Rounding::smooth;
+  Problem rounded = problem;
+  rounded.quant.act.rounding = rounded.quant.weight.rounding = Rounding::ste;
+  Trajectory t;
   const double start = now_seconds();
-  for (int64_t step = 0; step < steps; ++step) {
+  for (int64_t step = 0; step < o_.sgd.total_steps; ++step) {
     throw_if_interrupted();
-    at::Tensor xb = X, yb = Y;
+    at::Tensor x = problem.X, y = problem.Y;
     if (batched) {
       const at::Tensor rows = at::randperm(tokens, batch_generator, at::kLong).narrow(0, 0, o_.batch_tokens);
-      xb = X.index_select(0, rows);
-      yb = Y.index_select(0, rows);
+      x = x.index_select(0, rows);
+      y = y.index_select(0, rows);
     }
-    const at::Tensor loss = quantized_output_loss(rotate(xb), rotate(W), yb, quant);
+    const at::Tensor loss = problem.loss(x, y, params);
     loss.backward();
     std::vector<at::Tensor> grads;
-    for (at::Tensor& p : params) {
+    for (const at::Tensor& p : params) {
       grads.push_back(p.grad());
       p.mutable_grad() = at::Tensor();
     }
-    const double loss_value = loss.item<double>();
-    if (!std::isfinite(loss_value))
+    const double value = loss.item<double>();
+    if (!std::isfinite(value))
       throw Error(fmt::format("cayley_sgd: the loss is not finite at step {} (lr {} too large?)", step,
                               optimizer.current_lr()));
-    if (o_.keep_best && loss_value < best_loss) {
-      best.clear();
-      for (const at::Tensor& p : params) best.push_back(p.detach().clone());
+    if (value < t.best_loss) {
+      t.best_loss = value;
+      t.best_step = step;
+      if (o_.keep_best) {
+        t.best.clear();
+        for (const at::Tensor& p : params) t.best.push_back(p.detach().clone());
+      }
     }
-    if (loss_value < best_loss) {
-      best_loss = loss_value;
-      best_step = step;
+    if (smooth) {
+      // The smooth control's R_t under real rounding, on the same tokens.
+      at::NoGradGuard no_grad;
+      log.trace("quant_loss", step, rounded.loss(x, y, params).item<double>());
     }
     const CayleyStepStats stats = optimizer.step(params, grads);
-    losses.push_back(loss_value);
-    grad_norms.push_back(stats.grad_norm);
-    log.trace("loss", step, loss_value);
+    t.loss.push_back(value);
+    t.grad_norm.push_back(stats.grad_norm);
+    log.trace("loss", step, value);
     log.trace("grad_norm", step, stats.grad_norm);
     log.trace("euclid_grad_norm", step, stats.euclid_grad_norm);
     log.trace("lr", step, stats.lr);
     log.trace("step_size", step, stats.step_size);
     log.trace("orth_error", step, stats.orth_error);
   }
-  const double train_seconds = now_seconds() - start;
+  t.seconds = now_seconds() - start;
+  return t;
+}
 
-  // The result: final (or best) R, re-orthonormalized in float64.
-  const std::vector<at::Tensor>& chosen = o_.keep_best && !best.empty() ? best : params;
+RotationPtr CayleySgdMethod::fit(const FitContext& context) const {
+  const Site& site = context.site;
+  const int64_t n = site.X.size(1);
+  const at::ScalarType dtype = o_.float64 ? at::kDouble : at::kFloat;
+  FitLog& log = context.log;
+
+  Problem problem;
+  problem.quant = context.quant;
+  if (o_.rounding != "quant")
+    problem.quant.act.rounding = problem.quant.weight.rounding =
+        o_.rounding == "smooth" ? Rounding::smooth : Rounding::ste;
+  {
+    at::NoGradGuard no_grad;
+    problem.X = site.X.to(dtype).contiguous();
+    problem.W = site.W.to(dtype).contiguous();
+    problem.Y = at::mm(site.X.to(at::kDouble), site.W.to(at::kDouble).t()).to(dtype);
+  }
+
+  // Parameters: R (n x n), or R1 (n1 x n1) and R2 (n2 x n2).
+  int64_t n1 = n, n2 = 1;
+  std::vector<at::Tensor> params;
+  if (o_.kronecker) {
+    std::tie(n1, n2) = factorization(n);
+    params = {initial(n1, context, "R1"), initial(n2, context, "R2")};
+  } else {
+    params = {initial(n, context, "R")};
+  }
+  for (at::Tensor& p : params) p = p.to(dtype).clone().set_requires_grad(true);
+  record_options(log, n1, n2);
+  log.metric("smooth_rounding", problem.quant.act.rounding == Rounding::smooth);
+
+  Trajectory t = train(problem, params, context);
+
+  // The result: the final (or best) R, re-orthonormalized in float64.
   std::vector<at::Tensor> result;
   double orth_sq = 0.0;
-  for (const at::Tensor& p : chosen) {
+  for (const at::Tensor& p : o_.keep_best && !t.best.empty() ? t.best : params) {
     const at::Tensor r64 = p.detach().to(at::kDouble);
-    const double e = orthogonality_error(r64);
-    orth_sq += e * e;
+    orth_sq += std::pow(orthogonality_error(r64), 2);
     result.push_back(qr_orthonormalize_rows(r64));
   }
 
-  // Loss of the returned rotation on all tokens: with the training rounding, and with
-  // round-to-nearest (what the evaluation measures; the same for rounding: ste).
+  // Its loss on all tokens: with the training rounding, and with round-to-nearest (what
+  // the evaluation measures; the same thing for the STE).
   {
     at::NoGradGuard no_grad;
-    auto full_loss = [&](const QuantConfig& q) {
-      at::Tensor xr, wr;
-      if (o_.kronecker) {
-        const at::Tensor r1 = result[0].to(dtype), r2 = result[1].to(dtype);
-        auto kron_apply = [&](const at::Tensor& x) {
-          return at::matmul(at::matmul(r1.t(), x.reshape({-1, n1, n2})), r2).reshape({-1, n});
-        };
-        xr = kron_apply(X);
-        wr = kron_apply(W);
-      } else {
-        const at::Tensor r = result[0].to(dtype);
-        xr = at::mm(X, r);
-        wr = at::mm(W, r);
-      }
-      return quantized_output_loss(xr, wr, Y, q).item<double>();
-    };
-    const double final_loss = full_loss(quant);
-    QuantConfig rtn = quant;
-    rtn.act.rounding = rtn.weight.rounding = Rounding::ste;
-    const double final_quant_loss =
-        quant.act.rounding == Rounding::ste && quant.weight.rounding == Rounding::ste ? final_loss : full_loss(rtn);
-    if (!batched && final_loss < best_loss) {
-      best_loss = final_loss;
-      best_step = steps;
-    }
+    std::vector<at::Tensor> factors;
+    for (const at::Tensor& r : result) factors.push_back(r.to(dtype));
+    const double final_loss = problem.loss(problem.X, problem.Y, factors).item<double>();
+    Problem rtn = problem;
+    rtn.quant.act.rounding = rtn.quant.weight.rounding = Rounding::ste;
+    const bool ste = problem.quant.act.rounding == Rounding::ste && problem.quant.weight.rounding == Rounding::ste;
     log.metric("final_loss", final_loss);
-    log.metric("final_quant_loss", final_quant_loss);
+    log.metric("final_quant_loss", ste ? final_loss : rtn.loss(problem.X, problem.Y, factors).item<double>());
+    const bool batched = o_.batch_tokens > 0 && o_.batch_tokens < problem.X.size(0);
+    if (!batched && final_loss < t.best_loss) {
+      t.best_loss = final_loss;
+      t.best_step = o_.sgd.total_steps;
+    }
   }
-  log.metric("initial_loss", losses.empty() ? std::numeric_limits<double>::quiet_NaN() : losses.front());
-  log.metric("best_loss", best_loss);
-  log.metric("best_step", static_cast<double>(best_step));
+  log.metric("initial_loss", t.loss.empty() ? std::numeric_limits<double>::quiet_NaN() : t.loss.front());
+  log.metric("best_loss", t.best_loss);
+  log.metric("best_step", static_cast<double>(t.best_step));
   log.metric("orth_error_before_fix", std::sqrt(orth_sq));
-  log.metric("step_seconds", steps > 0 ? train_seconds / static_cast<double>(steps) : 0.0);
-  // Convergence summaries (the oscillation figure's numbers): the Riemannian gradient norm
-  // over the last w steps relative to the first w (w = min(100, steps / 2)), and the loss's
-  // spread (max - min, std) over the last min(500, steps / 2) steps.
-  const size_t count = losses.size();
-  if (count >= 2) {
-    const size_t w = std::min<size_t>(100, count / 2);
-    const double first = mean_of(grad_norms, 0, w), last = mean_of(grad_norms, count - w, count);
-    log.metric("grad_norm_first", first);
-    log.metric("grad_norm_last", last);
-    log.metric("grad_norm_ratio", first > 0 ? last / first : std::numeric_limits<double>::quiet_NaN());
-    const size_t tail = std::min<size_t>(500, count / 2);
-    const auto [lo, hi] = std::minmax_element(losses.end() - tail, losses.end());
-    const double mean = mean_of(losses, count - tail, count);
-    double var = 0.0;
-    for (size_t i = count - tail; i < count; ++i) var += (losses[i] - mean) * (losses[i] - mean);
-    log.metric("loss_tail_mean", mean);
-    log.metric("loss_tail_range", *hi - *lo);
-    log.metric("loss_tail_std", std::sqrt(var / static_cast<double>(tail)));
-  }
+  log.metric("step_seconds", t.loss.empty() ? 0.0 : t.seconds / static_cast<double>(t.loss.size()));
+  record_convergence(log, t);
 
-  const std::string what = fmt::format("cayley_sgd {} steps lr {} {}", steps, o_.sgd.lr, schedule_name(o_.sgd.schedule));
+  const std::string what = fmt::format("cayley_sgd {} steps lr {} {}", o_.sgd.total_steps, o_.sgd.lr,
+                                       schedule_name(o_.sgd.schedule));
   if (o_.kronecker)
     return std::make_unique<KroneckerRotation>(result[0], result[1],
                                                fmt::format("{} R1({}) x R2({})", what, n1, n2));

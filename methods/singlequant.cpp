@@ -33,7 +33,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <optional>
+#include <tuple>
 
 #include "core/hadamard.h"
 #include "core/hadamard_matrices.h"
@@ -105,6 +105,11 @@ void parse_hadamard(ConfigReader& reader, SingleQuantOptions& o) {
   o.hadamard_signs = reader.get<bool>("hadamard_signs", false);
 }
 
+bool has_hadamard(int64_t m) {
+  int64_t base = 0, pow2 = 0;
+  return hadamard_split(m, &base, &pow2);
+}
+
 void parse_kronecker(ConfigReader& reader, SingleQuantOptions& o) {
   o.kronecker_where = reader.where("kronecker");
   const YAML::Node node = reader.raw("kronecker");
@@ -119,6 +124,13 @@ void parse_kronecker(ConfigReader& reader, SingleQuantOptions& o) {
                                          yaml_to_flow(node)));
   o.n1 = pair[0];
   o.n2 = pair[1];
+  // The Hadamard side can be checked now; n1 * n2 = n only when the site's width is known.
+  for (const auto& [on, m, axis] : {std::tuple{o.hadamard_n1(), o.n1, "n1"}, std::tuple{o.hadamard_n2(), o.n2, "n2"}})
+    if (on && !has_hadamard(m))
+      reader.fail("kronecker", fmt::format(
+          "[{}, {}]: hadamard_factor puts a Hadamard matrix on {}, and there is none of order {} "
+          "(need 2^k * m, m in {{1, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172}})",
+          o.n1, o.n2, axis, m));
 }
 
 SingleQuantOptions parse_options(ConfigReader& reader) {
@@ -136,29 +148,30 @@ SingleQuantOptions parse_options(ConfigReader& reader) {
   return o;
 }
 
-bool has_hadamard(int64_t m) {
-  int64_t base = 0, pow2 = 0;
-  return hadamard_split(m, &base, &pow2);
-}
-
 // Layout of the Kronecker form R = S (x) F: M = x.reshape(ns, nf); the slow factor S acts
-// on the columns M[:, q], the fast factor F on the rows M[r, :].
+// on the columns M[:, q], the fast factor F on the rows M[r, :]. Populations are computed
+// in y's dtype (undefined factors are the identity).
 struct Layout {
-  int64_t tokens, ns, nf;
+  int64_t ns, nf;
 
   // Rows: the columns of every token's S^T M F, as row vectors (T * nf of length ns).
   at::Tensor slow_population(const at::Tensor& y, const at::Tensor& s, const at::Tensor& f) const {
+    const int64_t tokens = y.size(0);
     at::Tensor z = y.reshape({tokens * ns, nf});
-    if (f.defined()) z = at::matmul(z, f);
+    if (f.defined()) z = at::matmul(z, f.to(y.scalar_type()));
     z = z.reshape({tokens, ns, nf}).transpose(1, 2).reshape({tokens * nf, ns});
-    return s.defined() ? at::matmul(z, s) : z;
+    return s.defined() ? at::matmul(z, s.to(y.scalar_type())) : z;
   }
   // Rows: the rows of every token's S^T M F (T * ns of length nf).
   at::Tensor fast_population(const at::Tensor& y, const at::Tensor& s, const at::Tensor& f) const {
-    at::Tensor z = y.reshape({tokens, ns, nf}).transpose(1, 2).reshape({tokens * nf, ns});
-    if (s.defined()) z = at::matmul(z, s);
-    z = z.reshape({tokens, nf, ns}).transpose(1, 2).reshape({tokens * ns, nf});
-    return f.defined() ? at::matmul(z, f) : z;
+    const int64_t tokens = y.size(0);
+    at::Tensor z = y.reshape({tokens, ns, nf});
+    if (s.defined()) {
+      z = at::matmul(z.transpose(1, 2).reshape({tokens * nf, ns}), s.to(y.scalar_type()));
+      z = z.reshape({tokens, nf, ns}).transpose(1, 2);
+    }
+    z = z.reshape({tokens * ns, nf});
+    return f.defined() ? at::matmul(z, f.to(y.scalar_type())) : z;
   }
 };
 
@@ -192,18 +205,16 @@ std::pair<int64_t, int64_t> SingleQuantMethod::factorization(int64_t n) const {
     if (o_.n1 * o_.n2 != n)
       throw config_error(fmt::format("{}: [{}, {}] does not factor the site width n = {} ({} * {} = {})",
                                      o_.kronecker_where, o_.n1, o_.n2, n, o_.n1, o_.n2, o_.n1 * o_.n2));
-    if (!acceptable(o_.n1, o_.n2))
-      throw config_error(fmt::format(
-          "{}: [{}, {}]: hadamard_factor puts a Hadamard matrix on {}, and there is none of order {} "
-          "(need 2^k * m, m in {{1, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172}})",
-          o_.kronecker_where, o_.n1, o_.n2, sides, h1 && !has_hadamard(o_.n1) ? o_.n1 : o_.n2));
     return {o_.n1, o_.n2};
   }
-  std::optional<std::pair<int64_t, int64_t>> best = balanced_factorization(n, acceptable);
-  if (!best)
-    throw config_error(fmt::format("{}: auto: no factorization n1 * n2 = {} has a Hadamard matrix on {}",
-                                   o_.kronecker_where, n, sides));
-  return *best;
+  try {
+    if (!h1 && !h2) return balanced_factorization(n);
+    return balanced_factorization(n, acceptable);
+  } catch (const Error& e) {
+    throw config_error(fmt::format("{}: auto ({}): {}", o_.kronecker_where,
+                                   h1 || h2 ? fmt::format("Hadamard matrix on {}", sides) : "no Hadamard",
+                                   e.what()));
+  }
 }
 
 at::Tensor SingleQuantMethod::hadamard_factor(int64_t m, const FitContext& context,
@@ -219,9 +230,13 @@ RotationPtr SingleQuantMethod::fit(const FitContext& context) const {
   FitLog& log = context.log;
   const std::string purpose = "singlequant/" + context.site.name;
   const std::string where = "singlequant (site " + context.site.name + ")";
-  const at::Tensor x = context.site.X.to(at::kDouble);
-  const int64_t tokens = x.size(0), n = x.size(1);
+  // Populations in the site's dtype (float32, or float64 in tests); matrices in float64.
+  const at::Tensor& x = context.site.X;
+  const int64_t n = x.size(1);
   record_options(log);
+  const auto [n1, n2] = factorization(n);  // config errors before any work
+  log.metric("n1", static_cast<double>(n1));
+  log.metric("n2", static_cast<double>(n2));
 
   RotationPtr before;  // ART on the full n (art_axis: dense)
   at::Tensor y = x;
@@ -229,20 +244,25 @@ RotationPtr SingleQuantMethod::fit(const FitContext& context) const {
     const ArtFactor art = build_art_factor(x, o_.art_options, context.seed, purpose + "/art_dense");
     record_art(log, art, "art", where);
     log.metric("art_scale", art.passes.front().scale);
-    y = at::matmul(x, art.matrix);
+    y = at::matmul(x, art.matrix.to(x.scalar_type()));
     before = std::make_unique<DenseRotation>(art.matrix, "art_dense");
   }
 
-  const auto [n1, n2] = factorization(n);
-  log.metric("n1", static_cast<double>(n1));
-  log.metric("n2", static_cast<double>(n2));
-  const Layout layout = o_.r2_first ? Layout{tokens, n2, n1} : Layout{tokens, n1, n2};
+  const Layout layout = o_.r2_first ? Layout{n2, n1} : Layout{n1, n2};
   at::Tensor r1, r2;  // undefined: identity
-  auto population = [&](bool axis1) {
+  auto population_of = [&](const at::Tensor& data, bool axis1) {
     const at::Tensor& slow = o_.r2_first ? r2 : r1;
     const at::Tensor& fast = o_.r2_first ? r1 : r2;
-    return axis1 != o_.r2_first ? layout.slow_population(y, slow, fast)
-                                : layout.fast_population(y, slow, fast);
+    return axis1 != o_.r2_first ? layout.slow_population(data, slow, fast)
+                                : layout.fast_population(data, slow, fast);
+  };
+  auto population = [&](bool axis1) { return population_of(y, axis1); };
+  // The mean is linear and every token contributes equally many vectors, so the mean
+  // statistic of a population is that of the mean token's population: O(n), not O(T n).
+  const bool mean_statistic = o_.urt && o_.urt_options.statistic == UrtStatistic::mean;
+  const at::Tensor y_mean = mean_statistic ? at::mean(y, {0}, true, at::kDouble) : at::Tensor();
+  auto urt_population = [&](bool axis1) {
+    return mean_statistic ? population_of(y_mean, axis1) : population(axis1);
   };
 
   at::Tensor h1, art_matrix;
@@ -259,7 +279,7 @@ RotationPtr SingleQuantMethod::fit(const FitContext& context) const {
   int64_t givens = 0;
   at::Tensor urt1;
   if (o_.urt && !o_.urt_dense_after) {
-    const UrtFactor u1 = build_urt_factor(population(true), o_.urt_options);
+    const UrtFactor u1 = build_urt_factor(urt_population(true), o_.urt_options);
     urt1 = u1.matrix;
     givens += u1.givens;
   }
@@ -270,7 +290,7 @@ RotationPtr SingleQuantMethod::fit(const FitContext& context) const {
     r1 = times(r1, urt1);
   }
   if (o_.urt && !o_.urt_dense_after) {
-    const UrtFactor u2 = build_urt_factor(population(false), o_.urt_options);
+    const UrtFactor u2 = build_urt_factor(urt_population(false), o_.urt_options);
     r2 = times(r2, u2.matrix);
     givens += u2.givens;
   }
@@ -281,7 +301,7 @@ RotationPtr SingleQuantMethod::fit(const FitContext& context) const {
       o_.r2_first ? std::make_unique<KroneckerRotation>(r2, r1, fmt::format("singlequant R2({}) x R1({})", n2, n1))
                   : std::make_unique<KroneckerRotation>(r1, r2, fmt::format("singlequant R1({}) x R2({})", n1, n2));
   if (o_.urt && o_.urt_dense_after) {
-    const UrtFactor u = build_urt_factor(rotation->apply(y), o_.urt_options);
+    const UrtFactor u = build_urt_factor(rotation->apply(mean_statistic ? y_mean : y), o_.urt_options);
     givens += u.givens;
     rotation = std::make_unique<ComposedRotation>(
         std::move(rotation), std::make_unique<DenseRotation>(u.matrix, "urt_dense"));

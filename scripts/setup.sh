@@ -11,7 +11,7 @@ packages=(
   # Speed (toolchain.md): OpenBLAS's OpenMP variant and tcmalloc.
   libopenblas0-openmp libtcmalloc-minimal4
   # Figures: called through /usr/bin/python3.
-  python3 python3-matplotlib python3-h5py python3-numpy
+  python3 python3-matplotlib python3-h5py python3-numpy python3-yaml
   # Notebooks (executed headless by the tests): nbconvert and the kernel.
   python3-nbconvert python3-ipykernel
 )

@@ -73,6 +73,9 @@ TEST(Cli, RunWritesTheResultsLayout) {
     EXPECT_TRUE(rec.timing.count("build"));
     EXPECT_NE(rec.config_yaml.find("method:"), std::string::npos);
     EXPECT_TRUE(rec.attributes.count("git_sha"));
+    EXPECT_EQ(rec.site_channels.at("layer0").at("absmax_before").size(), 32u);
+    EXPECT_EQ(rec.site_channels.at("layer0").at("absmax_after").size(), 32u);
+    EXPECT_EQ(rec.metrics.at("outlier_tokens"), 1.0);  // the planted massive token
   }
   const std::string csv = read_text(dir.file("out/summary.csv"));
   EXPECT_EQ(csv.rfind("run_id,label,method,seed,status", 0), 0u) << csv;
@@ -170,6 +173,94 @@ TEST(Cli, ShowDryRunListVersion) {
   EXPECT_EQ(r.code, 0);
   EXPECT_EQ(r.out.rfind("sqlab ", 0), 0u);
   EXPECT_EQ(sqlab_cli(dir, "--help").code, 0);
+}
+
+}  // namespace
+}  // namespace sqlab
+
+namespace sqlab {
+namespace {
+
+TEST(Compare, MatchesGroupsMarksDifferencesAndRefusesOtherSettings) {
+  TempDir dir;
+  const std::string base = R"(seeds: [0, 1, 2]
+data: {source: synthetic, tokens: 128, channels: 128, normal: {count: 16, scale: 8}}
+record: {histograms: false}
+)";
+  write_text(dir.file("a.yaml"), base + "methods: [{label: rtn, method: identity}, {label: rot, method: random_orthogonal}]\n");
+  // In b, `rot` is no rotation at all (a difference far beyond the seeds' noise), `rtn`
+  // is the same (no difference), and `extra` exists only in b.
+  write_text(dir.file("b.yaml"), base + "methods: [{label: rtn, method: identity}, {label: rot, method: identity},"
+                                        " {label: extra, method: random_orthogonal}]\n");
+  ASSERT_EQ(sqlab_cli(dir, "run a.yaml --out A").code, 0);
+  ASSERT_EQ(sqlab_cli(dir, "run b.yaml --out B").code, 0);
+  Result r = sqlab_cli(dir, "compare A B --format json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  std::map<std::string, nlohmann::json> rows;
+  for (const auto& row : j["rows"]) rows[row["group"].get<std::string>()] = row;
+  EXPECT_TRUE(rows.at("rot")["values"][1]["significant"].get<bool>());
+  EXPECT_GT(rows.at("rot")["values"][1]["diff"].get<double>(), 0.0);  // identity is worse
+  EXPECT_FALSE(rows.at("rtn")["values"][1]["significant"].get<bool>());
+  EXPECT_DOUBLE_EQ(rows.at("rtn")["values"][1]["diff"].get<double>(), 0.0);
+  EXPECT_TRUE(rows.at("extra")["values"][0].is_null());
+  r = sqlab_cli(dir, "compare A B --format markdown --metric sqnr_db");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("| rot | sqnr_db |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("extra (only in B)"), std::string::npos) << r.out;
+
+  ASSERT_EQ(sqlab_cli(dir, "run a.yaml --out C --set quant.a_bits=8").code, 0);
+  r = sqlab_cli(dir, "compare A C");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("differ in quant.a_bits"), std::string::npos) << r.err;
+  EXPECT_EQ(sqlab_cli(dir, "compare A C --force").code, 0);
+  EXPECT_EQ(sqlab_cli(dir, "compare A").code, 2);
+  EXPECT_EQ(sqlab_cli(dir, "compare A nowhere").code, 2);
+}
+
+}  // namespace
+}  // namespace sqlab
+
+namespace sqlab {
+namespace {
+
+std::set<std::string> run_ids_in(const std::string& dir) {
+  std::set<std::string> ids;
+  for (const auto& f : run_files(dir)) ids.insert(f.stem().string());
+  return ids;
+}
+
+TEST(Shards, PartitionTheRunsAndMergeBack) {
+  TempDir dir;
+  write_text(dir.file("s.yaml"), std::string(kTiny) + "sweep: {grid: {quant.a_bits: [3, 4, 8]}}\n");
+  ASSERT_EQ(sqlab_cli(dir, "run s.yaml --out all").code, 0);
+  const std::set<std::string> all = run_ids_in(dir.file("all/runs"));
+  ASSERT_EQ(all.size(), 12u);
+  for (int n : {2, 3}) {
+    std::set<std::string> seen;
+    std::string merge_args;
+    for (int k = 0; k < n; ++k) {
+      const std::string out = "shard" + std::to_string(n) + "_" + std::to_string(k);
+      ASSERT_EQ(sqlab_cli(dir, "run s.yaml --out " + out + " --shard " + std::to_string(k) + "/" + std::to_string(n)).code, 0);
+      for (const auto& id : run_ids_in(dir.file(out + "/runs"))) EXPECT_TRUE(seen.insert(id).second) << "twice: " << id;
+      merge_args += " " + out;
+    }
+    EXPECT_EQ(seen, all) << "n = " << n;  // none lost, none twice
+    const std::string merged = "merged" + std::to_string(n);
+    const Result r = sqlab_cli(dir, "merge " + merged + merge_args);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(run_ids_in(dir.file(merged + "/runs")), all);
+    const auto json = nlohmann::json::parse(read_text(dir.file(merged + "/summary.json")));
+    EXPECT_EQ(json["runs"].size(), 12u);
+    EXPECT_EQ(json["swept_keys"][0], "quant.a_bits");
+  }
+  EXPECT_EQ(sqlab_cli(dir, "run s.yaml --out x --shard 2/2").code, 2);
+  EXPECT_EQ(sqlab_cli(dir, "run s.yaml --out x --shard one").code, 2);
+  // Shards of different experiments do not merge.
+  ASSERT_EQ(sqlab_cli(dir, "run s.yaml --out other --set quant.w_bits=8 --shard 0/2").code, 0);
+  const Result bad = sqlab_cli(dir, "merge m shard2_1 other");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("differ in quant"), std::string::npos) << bad.err;
 }
 
 }  // namespace

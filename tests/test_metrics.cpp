@@ -56,7 +56,7 @@ TEST(SiteEvaluation, NoQuantizationNoError) {
   QuantConfig q;
   q.weight.bits = 16;
   q.act.bits = 16;
-  const SiteEvaluation e = evaluate_site(site, IdentityRotation(16), q, 8);
+  const SiteEvaluation e = evaluate_site(site, IdentityRotation(16), q, EvalOptions{8, 10.0});
   EXPECT_LT(e.metrics.at("rel_output_error"), 1e-6);
   EXPECT_LT(e.metrics.at("invariance_error"), 1e-7);
   EXPECT_EQ(e.act_before.counts.size(), 8u);
@@ -66,8 +66,8 @@ TEST(SiteEvaluation, RotationKeepsTheOutputAndSpreadsOutliers) {
   Site site = random_site(64, 32, 16);
   site.X.select(1, 3).mul_(50.0);  // one outlier channel
   DenseRotation rotation(random_orthogonal_matrix(32, make_generator(1, "test")));
-  const SiteEvaluation plain = evaluate_site(site, IdentityRotation(32), QuantConfig{}, 0);
-  const SiteEvaluation rotated = evaluate_site(site, rotation, QuantConfig{}, 0);
+  const SiteEvaluation plain = evaluate_site(site, IdentityRotation(32), QuantConfig{}, EvalOptions{0, 10.0});
+  const SiteEvaluation rotated = evaluate_site(site, rotation, QuantConfig{}, EvalOptions{0, 10.0});
   EXPECT_LT(rotated.metrics.at("invariance_error"), 1e-5);
   EXPECT_LT(rotated.metrics.at("act_absmax"), plain.metrics.at("act_absmax"));
   EXPECT_LT(rotated.metrics.at("rel_output_error"), plain.metrics.at("rel_output_error"));
@@ -90,6 +90,54 @@ TEST(SiteEvaluation, BadSitesAreNamed) {
   Site mismatched = random_site(4, 8, 2);
   mismatched.W = at::randn({2, 9});
   EXPECT_THROW(check_site(mismatched), std::exception);
+}
+
+}  // namespace
+}  // namespace sqlab
+
+namespace sqlab {
+namespace {
+
+TEST(OutlierTokenSplit, FindsPlantedTokensAndRecombines) {
+  at::manual_seed(5);
+  at::Tensor x = at::randn({64, 32});
+  x[3][7] = 400.0f;
+  x[40][1] = -300.0f;
+  const std::vector<int64_t> tokens = detect_outlier_tokens(x, 10.0);
+  EXPECT_EQ(tokens, (std::vector<int64_t>{3, 40}));
+  const at::Tensor w = at::randn({16, 32});
+  const at::Tensor y = at::matmul(x, w.t());
+  const at::Tensor yq = at::matmul(fake_quant(x, QuantConfig{}.act), fake_quant(w, QuantConfig{}.weight).t());
+  std::map<std::string, double> m;
+  outlier_token_split(yq, y, tokens, m);
+  const double overall = relative_error(yq, y);
+  const double share = m.at("outlier_token_energy_share");
+  EXPECT_GT(share, 0.5);  // two huge tokens dominate the output energy here
+  EXPECT_NEAR(overall * overall,
+              share * std::pow(m.at("rel_output_error_outlier_tokens"), 2) +
+                  (1 - share) * std::pow(m.at("rel_output_error_other_tokens"), 2),
+              1e-9);
+  EXPECT_EQ(m.at("outlier_tokens"), 2.0);
+  // By hand for the outlier part: rows 3 and 40 only.
+  const at::Tensor rows = at::tensor({3, 40}, at::kLong);
+  EXPECT_NEAR(m.at("rel_output_error_outlier_tokens"),
+              relative_error(yq.index_select(0, rows), y.index_select(0, rows)), 1e-9);
+  std::map<std::string, double> none;
+  outlier_token_split(yq, y, {}, none);
+  EXPECT_NEAR(none.at("rel_output_error_other_tokens"), overall, 1e-9);
+  EXPECT_EQ(none.at("outlier_token_energy_share"), 0.0);
+}
+
+TEST(OutlierTokenSplit, SiteEvaluationRecordsChannelsAndSplit) {
+  at::manual_seed(6);
+  Site site{"s", at::randn({32, 16}), at::randn({8, 16}), {0}};
+  site.X[0][2] = 500.0f;
+  const SiteEvaluation e = evaluate_site(site, IdentityRotation(16), QuantConfig{}, EvalOptions{0, 10.0});
+  EXPECT_EQ(e.metrics.at("outlier_tokens"), 1.0);
+  EXPECT_EQ(e.metrics.at("known_outlier_tokens"), 1.0);
+  ASSERT_EQ(e.channel_absmax_before.size(), 16u);
+  EXPECT_DOUBLE_EQ(e.channel_absmax_before[2], 500.0);
+  EXPECT_EQ(e.channel_absmax_after, e.channel_absmax_before);  // identity
 }
 
 }  // namespace
