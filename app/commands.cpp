@@ -13,6 +13,8 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/hadamard_matrices.h"
+#include "core/kronecker.h"
 #include "core/experiment.h"
 #include "core/runner.h"
 #include "core/summary.h"
@@ -193,14 +195,26 @@ std::map<std::string, std::pair<std::string, std::string>> find_experiments() {
 
 }  // namespace
 
+namespace {
+
+bool has_hadamard(int64_t n) {
+  int64_t m = 0, pow2 = 0;
+  return hadamard_split(n, &m, &pow2);
+}
+
+}  // namespace
+
 int command_list(const std::vector<std::string>& args, const Registries& registries) {
   po::options_description options("options");
-  options.add_options()("what", po::value<std::string>(), "methods | datasets | experiments")(
+  options.add_options()("what", po::value<std::string>(), "methods | datasets | experiments | factorizations N")(
+      "n", po::value<int64_t>(), "the width whose Kronecker factorizations to list")(
       "json", po::bool_switch(), "machine-readable output");
   po::positional_options_description positional;
-  positional.add("what", 1);
+  positional.add("what", 1).add("n", 1);
   po::variables_map vm;
-  if (!parse_args("list", args, options, positional, "sqlab list methods|datasets|experiments [--json]", vm)) return 0;
+  if (!parse_args("list", args, options, positional,
+                  "sqlab list methods|datasets|experiments|factorizations N [--json]", vm))
+    return 0;
   const std::string what = vm.count("what") ? vm["what"].as<std::string>() : "";
   std::vector<std::pair<std::string, std::string>> items;  // name, description
   if (what == "methods") {
@@ -209,8 +223,15 @@ int command_list(const std::vector<std::string>& args, const Registries& registr
     for (const auto& e : registries.datasets.entries()) items.emplace_back(e.name, e.description);
   } else if (what == "experiments") {
     for (const auto& [name, info] : find_experiments()) items.emplace_back(name, info.second + "  [" + info.first + "]");
+  } else if (what == "factorizations") {
+    // Every `kronecker: [n1, n2]` a sweep over n may list.
+    if (!vm.count("n") || vm["n"].as<int64_t>() < 4)
+      throw config_error("list factorizations: give the width, e.g. `sqlab list factorizations 4096`");
+    for (const auto& [n1, n2] : kronecker_factorizations(vm["n"].as<int64_t>()))
+      items.emplace_back(fmt::format("[{}, {}]", n1, n2), has_hadamard(n2) ? "n2 has a Hadamard matrix"
+                                                                        : "no Hadamard matrix of order n2");
   } else {
-    throw config_error(fmt::format("list: unknown category '{}' (valid: methods, datasets, experiments)", what));
+    throw config_error(fmt::format("list: unknown category '{}' (valid: methods, datasets, experiments, factorizations)", what));
   }
   if (vm["json"].as<bool>()) {
     nlohmann::json j = nlohmann::json::array();

@@ -31,9 +31,8 @@ Shard load_shard(const std::string& dir) {
   const fs::path config = fs::path(dir) / "config.yaml";
   if (!fs::exists(config)) throw config_error(fmt::format("merge: {}: no config.yaml (not a sqlab results directory)", dir));
   shard.config = load_yaml_file(config.string());
-  shard.rows = read_summary_rows(dir);
-  std::ifstream in(fs::path(dir) / "summary.json");
-  const nlohmann::json summary = nlohmann::json::parse(in);
+  const nlohmann::json summary = read_summary_json(dir);
+  shard.rows = rows_from_summary_json(summary);
   shard.name = summary.value("name", "");
   shard.swept_keys = summary.value("swept_keys", std::vector<std::string>{});
   return shard;

@@ -20,41 +20,6 @@ namespace {
 const std::vector<std::string> kHeadline = {"rel_output_error", "ppl", "sqnr_db", "act_absmax", "act_kurtosis",
                                             "build_seconds"};
 
-nlohmann::json read_summary(const std::string& dir) {
-  const fs::path path = fs::path(dir) / "summary.json";
-  std::ifstream in(path);
-  if (!in) throw config_error(fmt::format("show: {}: no summary.json (is this a sqlab results directory?)", dir));
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw config_error(fmt::format("show: {}: unreadable: {}", path.string(), e.what()));
-  }
-}
-
-// summary.json's runs back into rows (null metrics, written for NaN, come back as NaN).
-std::vector<SummaryRow> rows_of(const nlohmann::json& summary) {
-  std::vector<SummaryRow> rows;
-  const nlohmann::json runs = summary.value("runs", nlohmann::json::array());
-  for (const auto& r : runs) {
-    SummaryRow row;
-    row.run_id = r.value("run_id", "");
-    row.label = r.value("label", "");
-    row.method = r.value("method", "");
-    row.seed = r.value("seed", int64_t{0});
-    row.status = r.value("status", "");
-    row.error = r.value("error", "");
-    // Named copies: items() of a temporary would dangle inside the range-for.
-    const nlohmann::json point = r.value("point", nlohmann::json::object());
-    const nlohmann::json metrics = r.value("metrics", nlohmann::json::object());
-    for (const auto& [key, value] : point.items())
-      row.point.emplace_back(key, value.is_string() ? value.get<std::string>() : value.dump());
-    for (const auto& [key, value] : metrics.items())
-      row.metrics[key] = value.is_number() ? value.get<double>() : std::numeric_limits<double>::quiet_NaN();
-    rows.push_back(std::move(row));
-  }
-  return rows;
-}
-
 std::vector<std::string> choose_metrics(const std::vector<SummaryRow>& rows, const std::vector<std::string>& asked) {
   std::set<std::string> present;
   for (const auto& row : rows)
@@ -95,8 +60,8 @@ nlohmann::json groups_json(const nlohmann::json& summary, const std::vector<Summ
 int show_results(const std::string& dir, const std::string& format, const std::vector<std::string>& asked) {
   if (format != "table" && format != "markdown" && format != "json")
     throw config_error(fmt::format("show: unknown format '{}' (valid: table, markdown, json)", format));
-  const nlohmann::json summary = read_summary(dir);
-  const std::vector<SummaryRow> rows = rows_of(summary);
+  const nlohmann::json summary = read_summary_json(dir);
+  const std::vector<SummaryRow> rows = rows_from_summary_json(summary);
   const std::vector<std::string> metrics = choose_metrics(rows, asked);
   const auto swept = summary.value("swept_keys", std::vector<std::string>{});
   size_t failed = 0;

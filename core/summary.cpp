@@ -52,16 +52,18 @@ nlohmann::json number_json(double value) {
 
 }  // namespace
 
-std::vector<SummaryRow> read_summary_rows(const std::string& dir) {
+nlohmann::json read_summary_json(const std::string& dir) {
   const std::string path = dir + "/summary.json";
   std::ifstream in(path);
   if (!in) throw config_error(fmt::format("{}: no summary.json (is this a sqlab results directory?)", dir));
-  nlohmann::json summary;
   try {
-    summary = nlohmann::json::parse(in);
+    return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
     throw config_error(fmt::format("{}: unreadable: {}", path, e.what()));
   }
+}
+
+std::vector<SummaryRow> rows_from_summary_json(const nlohmann::json& summary) {
   std::vector<SummaryRow> rows;
   for (const auto& r : summary.value("runs", nlohmann::json::array())) {
     SummaryRow row;
@@ -81,6 +83,10 @@ std::vector<SummaryRow> read_summary_rows(const std::string& dir) {
     rows.push_back(std::move(row));
   }
   return rows;
+}
+
+std::vector<SummaryRow> read_summary_rows(const std::string& dir) {
+  return rows_from_summary_json(read_summary_json(dir));
 }
 
 std::vector<SummaryGroup> group_rows(const std::vector<SummaryRow>& rows) {

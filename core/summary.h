@@ -32,8 +32,11 @@ struct SummaryGroup {
 
 std::vector<SummaryGroup> group_rows(const std::vector<SummaryRow>& rows);
 
-// The rows of DIR/summary.json (null metrics, written for NaN, come back as NaN).
-// Throws a config error naming the directory when there is no readable summary.
+// DIR/summary.json; a config error naming the directory when there is none readable.
+nlohmann::json read_summary_json(const std::string& dir);
+// Its runs back into rows (null metrics, written for NaN, come back as NaN).
+std::vector<SummaryRow> rows_from_summary_json(const nlohmann::json& summary);
+// read_summary_json then rows_from_summary_json.
 std::vector<SummaryRow> read_summary_rows(const std::string& dir);
 
 // Columns: run_id, label, method, seed, status, each swept key, each metric, error.

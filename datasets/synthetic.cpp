@@ -73,7 +73,7 @@ Site SyntheticDataset::make_site(int64_t index, uint64_t seed) const {
   const at::Tensor row_scale = at::exp(o.weight_spread * at::randn({out, 1}, gen, at::kFloat));
   at::Tensor w = at::randn({out, o.channels}, gen, at::kFloat) * row_scale /
                  std::sqrt(static_cast<double>(o.channels));
-  Site site{name, x.contiguous(), w.contiguous()};
+  Site site{name, x.contiguous(), w.contiguous(), {}};
   if (!massive.empty()) site.known_outlier_tokens = o.massive_tokens;
   return site;
 }

@@ -169,6 +169,11 @@ TEST(Cli, ShowDryRunListVersion) {
   r = sqlab_cli(dir, "list experiments");
   EXPECT_NE(r.out.find("a tiny test experiment"), std::string::npos) << r.out;
   EXPECT_EQ(sqlab_cli(dir, "list colours").code, 2);
+  r = sqlab_cli(dir, "list factorizations 172");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("[43, 4]  n2 has a Hadamard matrix"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[4, 43]  no Hadamard"), std::string::npos) << r.out;
+  EXPECT_EQ(sqlab_cli(dir, "list factorizations").code, 2);
   r = sqlab_cli(dir, "--version");
   EXPECT_EQ(r.code, 0);
   EXPECT_EQ(r.out.rfind("sqlab ", 0), 0u);
