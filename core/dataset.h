@@ -17,6 +17,8 @@ class Dataset {
   // Checks the source in full (files, names, shapes, dtypes, NaN/Inf) before any run
   // starts; throws config errors (exit 2). Called once per distinct data block.
   virtual void validate() const {}
+  // The widths n of its sites when known without loading them (empty: unknown).
+  virtual std::vector<int64_t> site_widths() const { return {}; }
 };
 
 using DatasetRegistry = Registry<Dataset>;

@@ -35,6 +35,10 @@ class RotationMethod {
  public:
   virtual ~RotationMethod() = default;
   virtual RotationPtr fit(const FitContext& context) const = 0;
+  // Throws a config error when the method cannot act on a site of width n (e.g. a
+  // Kronecker pair that does not factor n). Called before any run starts, for every
+  // width the dataset knows in advance.
+  virtual void check_width(int64_t n) const {}
 };
 
 using MethodRegistry = Registry<RotationMethod>;

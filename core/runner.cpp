@@ -171,7 +171,9 @@ std::vector<PreparedRun> prepare_all(const Experiment& ex, const Registries& reg
   std::set<std::string> validated;  // data blocks, whatever the seed
   for (const RunSpec& run : ex.runs) {
     prepared.push_back(prepare_run(ex, run, registries));
-    if (validated.insert(yaml_to_flow(run.config["data"])).second) prepared.back().dataset->validate();
+    const PreparedRun& p = prepared.back();
+    if (validated.insert(yaml_to_flow(run.config["data"])).second) p.dataset->validate();
+    for (int64_t n : p.dataset->site_widths()) p.method->check_width(n);
   }
   return prepared;
 }

@@ -39,6 +39,9 @@ class SyntheticDataset : public Dataset {
  public:
   explicit SyntheticDataset(SyntheticOptions options) : options_(std::move(options)) {}
   std::vector<Site> load(uint64_t seed) const override;
+  std::vector<int64_t> site_widths() const override {
+    return std::vector<int64_t>(options_.sites, options_.channels);
+  }
   const SyntheticOptions& options() const { return options_; }
 
  private:

@@ -2,6 +2,7 @@
 // (core/hadamard.h), by default with random signs R = diag(s) H (QuaRot's "random Hadamard").
 // The signs are seeded per run and site.
 #include "core/hadamard.h"
+#include "core/hadamard_matrices.h"
 #include "core/method.h"
 #include "core/random.h"
 
@@ -10,7 +11,7 @@ namespace {
 
 class HadamardMethod : public RotationMethod {
  public:
-  explicit HadamardMethod(bool random_signs) : random_signs_(random_signs) {}
+  HadamardMethod(bool random_signs, std::string where) : random_signs_(random_signs), where_(std::move(where)) {}
 
   RotationPtr fit(const FitContext& context) const override {
     const int64_t n = context.site.X.size(1);
@@ -20,8 +21,20 @@ class HadamardMethod : public RotationMethod {
     return std::make_unique<HadamardRotation>(n, signs);
   }
 
+  // No Hadamard matrix of order n: a config error listing the supported orders.
+  void check_width(int64_t n) const override {
+    int64_t m = 0, pow2 = 0;
+    if (hadamard_split(n, &m, &pow2)) return;
+    try {
+      hadamard_base_matrix(n);
+    } catch (const Error& e) {
+      throw config_error(where_ + ": " + e.what());
+    }
+  }
+
  private:
   bool random_signs_;
+  std::string where_;  // file:line: methods.LABEL.method, for errors
 };
 
 }  // namespace
@@ -29,7 +42,8 @@ class HadamardMethod : public RotationMethod {
 void register_hadamard(MethodRegistry& registry) {
   registry.add("hadamard", "normalized Hadamard of order 2^k*m (QuaRot), optional random signs",
                [](ConfigReader& options) {
-                 return std::make_unique<HadamardMethod>(options.get<bool>("random_signs", true));
+                 return std::make_unique<HadamardMethod>(options.get<bool>("random_signs", true),
+                                                         options.where("method"));
                });
 }
 

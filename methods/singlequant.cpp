@@ -186,6 +186,7 @@ class SingleQuantMethod : public RotationMethod {
   explicit SingleQuantMethod(SingleQuantOptions options) : o_(std::move(options)) {}
 
   RotationPtr fit(const FitContext& context) const override;
+  void check_width(int64_t n) const override { factorization(n); }
 
  private:
   std::pair<int64_t, int64_t> factorization(int64_t n) const;

@@ -39,7 +39,7 @@ std::string config_error_of(const std::string& yaml, const std::vector<std::stri
   try {
     const Experiment ex = load_experiment(file, overrides);
     const Registries registries = builtin_registries();
-    for (const auto& run : ex.runs) prepare_run(ex, run, registries);
+    prepare_all(ex, registries);
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::config) << e.what();
     EXPECT_NE(std::string(e.what()).find("exp.yaml"), std::string::npos) << e.what();
@@ -108,6 +108,20 @@ quant: {a_granularity: per_channel}
 methods: [{method: identity}]
 )");
   EXPECT_NE(msg.find("quant.a_granularity: unknown value 'per_channel' (valid: per_token"), std::string::npos) << msg;
+}
+
+TEST(ConfigErrors, MethodsThatCannotActOnTheWidth) {
+  const std::string msg = config_error_of(R"(data: {source: synthetic, tokens: 16, channels: 64}
+methods:
+  - {label: sq, method: singlequant, kronecker: [8, 16]}
+)");
+  EXPECT_NE(msg.find("exp.yaml:3:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("methods.sq.kronecker"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("does not factor the site width n = 64"), std::string::npos) << msg;
+  const std::string hadamard = config_error_of(R"(data: {source: synthetic, tokens: 16, channels: 44}
+methods: [{method: hadamard}]
+)");
+  EXPECT_NE(hadamard.find("no Hadamard matrix of order 44"), std::string::npos) << hadamard;
 }
 
 TEST(ConfigErrors, BadOverrides) {
