@@ -93,6 +93,42 @@ nlohmann::json run_json(const Experiment& ex) {
   return runs;
 }
 
+std::string source_text(const KeySource& source) {
+  if (source.mark.is_null()) return source.file;
+  return fmt::format("{}:{}", source.file, source.mark.line + 1);
+}
+
+nlohmann::json sources_json(const SourceMap& sources) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [key, source] : sources) j[key] = source_text(source);
+  return j;
+}
+
+// YAML -> JSON for --json output (scalars stay strings unless they read as numbers/bools).
+nlohmann::json yaml_to_json(const YAML::Node& node) {
+  if (!node || node.IsNull()) return nullptr;
+  if (node.IsSequence()) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& item : node) list.push_back(yaml_to_json(item));
+    return list;
+  }
+  if (node.IsMap()) {
+    nlohmann::json map = nlohmann::json::object();
+    for (const auto& item : node) map[item.first.as<std::string>()] = yaml_to_json(item.second);
+    return map;
+  }
+  const std::string text = node.Scalar();
+  if (node.Tag() != "!") {  // unquoted: a number or a bool when it reads as one
+    int64_t i;
+    double d;
+    bool b;
+    if (YAML::convert<int64_t>::decode(node, i)) return i;
+    if (YAML::convert<double>::decode(node, d)) return d;
+    if (YAML::convert<bool>::decode(node, b)) return b;
+  }
+  return text;
+}
+
 const std::vector<std::string> kTableMetrics = {"rel_output_error", "sqnr_db", "act_absmax", "act_kurtosis",
                                                 "build_seconds"};
 
@@ -150,7 +186,8 @@ int command_show(const std::vector<std::string>& args, const Registries& registr
   options.add_options()("experiment", po::value<std::string>(), "experiment YAML file or results directory")(
       "set", po::value<std::vector<std::string>>()->composing(), "override a key: --set a.b.c=VALUE")(
       "format", po::value<std::string>()->default_value("table"), "results directory: table | markdown | json")(
-      "metric", po::value<std::vector<std::string>>()->composing(), "results directory: a metric to show (repeat)");
+      "metric", po::value<std::vector<std::string>>()->composing(), "results directory: a metric to show (repeat)")(
+      "json", po::bool_switch(), "experiment: print config, key sources and runs as JSON");
   po::positional_options_description positional;
   positional.add("experiment", 1);
   po::variables_map vm;
@@ -163,9 +200,16 @@ int command_show(const std::vector<std::string>& args, const Registries& registr
                         vm.count("metric") ? vm["metric"].as<std::vector<std::string>>() : std::vector<std::string>{});
   const Experiment ex = load_experiment(require_file(vm, "show"), overrides_of(vm));
   validate(ex, registries);
+  if (vm["json"].as<bool>()) {
+    fmt::print("{}\n", nlohmann::json{{"config", yaml_to_json(ex.resolved)}, {"sources", sources_json(*ex.sources)},
+                                      {"runs", run_json(ex)}}.dump(2));
+    return 0;
+  }
   YAML::Emitter out;
   out << ex.resolved;
-  fmt::print("# resolved configuration of {}\n{}\n\n", ex.file, out.c_str());
+  fmt::print("# resolved configuration of {}\n{}\n\n# where each key comes from\n", ex.file, out.c_str());
+  for (const auto& [key, source] : *ex.sources) fmt::print("{}: {}\n", key, source_text(source));
+  fmt::print("\n");
   print_runs(ex);
   return 0;
 }
