@@ -219,7 +219,7 @@ namespace {
 // name -> (file, description) of the experiments in ./experiments and the installed ones.
 std::map<std::string, std::pair<std::string, std::string>> find_experiments() {
   std::map<std::string, std::pair<std::string, std::string>> found;
-  for (const fs::path dir : {fs::path("experiments"), fs::path(SQLAB_SOURCE_DIR) / "experiments"}) {
+  for (const fs::path& dir : {fs::path("experiments"), fs::path(SQLAB_SOURCE_DIR) / "experiments"}) {
     std::error_code ec;
     if (!fs::is_directory(dir, ec)) continue;
     for (const auto& entry : fs::directory_iterator(dir)) {

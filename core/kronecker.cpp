@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/config.h"
 #include "core/error.h"
 #include "core/hadamard.h"  // simd_level()
 
@@ -314,6 +315,19 @@ std::pair<int64_t, int64_t> balanced_factorization(
         "kronecker: no acceptable factorization n1 x n2 of n = {} (n1, n2 > 1; {} candidates)", n,
         kronecker_factorizations(n).size()));
   return best;
+}
+
+std::pair<int64_t, int64_t> parse_kronecker_option(ConfigReader& reader, const std::string& key) {
+  const YAML::Node node = reader.raw(key);
+  if (!node || (node.IsScalar() && node.as<std::string>() == "auto")) return {0, 0};
+  std::vector<int64_t> pair;
+  try {
+    if (node.IsSequence()) pair = node.as<std::vector<int64_t>>();
+  } catch (const YAML::Exception&) {
+  }
+  if (pair.size() != 2 || pair[0] < 1 || pair[1] < 1)
+    reader.fail(key, fmt::format("expected auto or [n1, n2] with positive n1, n2; got '{}'", yaml_to_flow(node)));
+  return {pair[0], pair[1]};
 }
 
 }  // namespace sqlab

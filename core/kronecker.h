@@ -17,6 +17,10 @@
 #include "core/rotation.h"
 
 namespace sqlab {
+class ConfigReader;
+}
+
+namespace sqlab {
 
 class KroneckerRotation : public Rotation {
  public:
@@ -55,6 +59,11 @@ class KroneckerRotation : public Rotation {
 
 // Every (n1, n2) with n1 * n2 == n, n1 > 1 and n2 > 1, in increasing n1
 // (4096 -> (2, 2048), (4, 1024), ..., (2048, 2)); empty for primes and n < 4.
+// Reads a `kronecker: auto | [n1, n2]` option: {0, 0} for auto (or absent), else the
+// pair; anything else is a config error naming the key. n1 * n2 = n is checked later,
+// against the site's width.
+std::pair<int64_t, int64_t> parse_kronecker_option(ConfigReader& reader, const std::string& key);
+
 std::vector<std::pair<int64_t, int64_t>> kronecker_factorizations(int64_t n);
 
 // The most balanced acceptable nontrivial factorization: among the pairs of

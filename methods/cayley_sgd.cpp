@@ -43,6 +43,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "core/config.h"
 #include "core/hadamard.h"
@@ -92,18 +93,7 @@ int index_of(const std::string& value, const std::vector<std::string>& choices) 
 
 void parse_kronecker(ConfigReader& reader, CayleyMethodOptions& o) {
   o.kronecker_where = reader.where("kronecker");
-  const YAML::Node node = reader.raw("kronecker");
-  if (!node || (node.IsScalar() && node.as<std::string>() == "auto")) return;
-  std::vector<int64_t> pair;
-  try {
-    if (node.IsSequence()) pair = node.as<std::vector<int64_t>>();
-  } catch (const YAML::Exception&) {
-  }
-  if (pair.size() != 2 || pair[0] < 1 || pair[1] < 1)
-    reader.fail("kronecker", fmt::format("expected auto or [n1, n2] with positive n1, n2; got '{}'",
-                                         yaml_to_flow(node)));
-  o.n1 = pair[0];
-  o.n2 = pair[1];
+  std::tie(o.n1, o.n2) = parse_kronecker_option(reader, "kronecker");
 }
 
 CayleyMethodOptions parse_options(ConfigReader& reader) {

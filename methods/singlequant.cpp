@@ -112,18 +112,8 @@ bool has_hadamard(int64_t m) {
 
 void parse_kronecker(ConfigReader& reader, SingleQuantOptions& o) {
   o.kronecker_where = reader.where("kronecker");
-  const YAML::Node node = reader.raw("kronecker");
-  if (!node || (node.IsScalar() && node.as<std::string>() == "auto")) return;
-  std::vector<int64_t> pair;
-  try {
-    if (node.IsSequence()) pair = node.as<std::vector<int64_t>>();
-  } catch (const YAML::Exception&) {
-  }
-  if (pair.size() != 2 || pair[0] < 1 || pair[1] < 1)
-    reader.fail("kronecker", fmt::format("expected auto or [n1, n2] with positive n1, n2; got '{}'",
-                                         yaml_to_flow(node)));
-  o.n1 = pair[0];
-  o.n2 = pair[1];
+  std::tie(o.n1, o.n2) = parse_kronecker_option(reader, "kronecker");
+  if (o.n1 == 0) return;  // auto
   // The Hadamard side can be checked now; n1 * n2 = n only when the site's width is known.
   for (const auto& [on, m, axis] : {std::tuple{o.hadamard_n1(), o.n1, "n1"}, std::tuple{o.hadamard_n2(), o.n2, "n2"}})
     if (on && !has_hadamard(m))
