@@ -2,9 +2,7 @@
 // `sqlab show RESULTS_DIR`. Needs Debian's python3-matplotlib / python3-h5py.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <sys/wait.h>
 
-#include <cstdio>
 #include <filesystem>
 
 #include "tests/test_util.h"
@@ -16,23 +14,9 @@ using testing::read_text;
 using testing::TempDir;
 using testing::write_text;
 
-struct Result {
-  int code;
-  std::string out;
-  std::string err;
-};
-
+using Result = testing::CliResult;
 Result sqlab_cli(const TempDir& dir, const std::string& args, const std::string& env = "") {
-  const std::string err_file = dir.file("stderr.txt");
-  const std::string cmd =
-      "cd " + dir.path().string() + " && " + env + " " + SQLAB_BINARY + " " + args + " 2>" + err_file;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, read_text(err_file)};
+  return testing::run_cli(dir.path(), args, env);
 }
 
 const char* kTiny = R"(name: tiny_plot

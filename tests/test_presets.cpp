@@ -159,13 +159,9 @@ TEST(Presets, ShowPrintsWhereEachKeyComesFrom) {
   TempDir dir;
   write(dir, "configs/data/tiny.yaml", "source: synthetic\ntokens: 16\nchannels: 8\n");
   write(dir, "exp.yaml", std::string("defaults: [{quant: w4a4}, {data: tiny}]\n") + kMethods);
-  const std::string cmd = "cd " + dir.path().string() + " && " + SQLAB_BINARY + " show exp.yaml --set quant.a_bits=8";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-  ASSERT_EQ(pclose(pipe), 0);
+  const testing::CliResult result = testing::run_cli(dir.path(), "show exp.yaml --set quant.a_bits=8");
+  ASSERT_EQ(result.code, 0) << result.err;
+  const std::string& out = result.out;
   EXPECT_NE(out.find("data.tokens: " + (dir.path() / "configs/data/tiny.yaml").string() + ":2"), std::string::npos) << out;
   EXPECT_NE(out.find("quant.a_bits: exp.yaml: --set quant.a_bits=8"), std::string::npos) << out;
   EXPECT_NE(out.find("quant.w_bits: " + std::string(SQLAB_SOURCE_DIR) + "/configs/quant/w4a4.yaml"), std::string::npos) << out;

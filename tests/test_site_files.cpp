@@ -5,11 +5,9 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <nlohmann/json.hpp>
-#include <sys/wait.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -40,23 +38,8 @@ using testing::write_text;
 
 // ---------------------------------------------------------------- helpers
 
-struct Result {
-  int code;
-  std::string out;
-  std::string err;
-};
-
-Result sqlab_cli(const fs::path& dir, const std::string& args) {
-  const std::string err_file = (dir / "stderr.txt").string();
-  const std::string cmd = "cd '" + dir.string() + "' && " + SQLAB_BINARY + " " + args + " 2>" + err_file;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, read_text(err_file)};
-}
+using Result = testing::CliResult;
+Result sqlab_cli(const fs::path& dir, const std::string& args) { return testing::run_cli(dir, args); }
 
 bool python_has_h5py() {
   static const bool ok = std::system("/usr/bin/python3 -c 'import numpy, h5py' >/dev/null 2>&1") == 0;

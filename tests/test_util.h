@@ -1,9 +1,11 @@
 // Shared helpers for the tests: temporary directories and files.
 #pragma once
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -39,6 +41,26 @@ inline std::string write_text(const std::string& path, const std::string& text) 
 inline std::string read_text(const std::string& path) {
   std::ifstream in(path);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// What the real `sqlab` binary did: exit code, stdout and stderr.
+struct CliResult {
+  int code;
+  std::string out;
+  std::string err;
+};
+
+// Runs `SQLAB_BINARY ARGS` in `dir` (with `env`, e.g. "NO_COLOR=1", before it).
+inline CliResult run_cli(const std::filesystem::path& dir, const std::string& args, const std::string& env = "") {
+  const std::string err_file = (dir / "stderr.txt").string();
+  const std::string cmd = "cd '" + dir.string() + "' && " + env + " " + SQLAB_BINARY + " " + args + " 2>'" + err_file + "'";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, read_text(err_file)};
 }
 
 }  // namespace sqlab::testing

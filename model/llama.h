@@ -1,0 +1,79 @@
+// A LLaMA-architecture decoder in LibTorch (float32, CPU by default): token embedding,
+// RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP, tied or separate
+// output head. Weights are stored as PyTorch Linear weights (C_out x C_in), and the
+// q/k rows in the Hugging Face "rotate-half" rotary layout: the llama2.c loader
+// converts its interleaved layout on load, so one forward serves both formats.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sqlab {
+
+struct LlamaConfig {
+  int64_t dim = 0;          // hidden size (residual stream width)
+  int64_t hidden_dim = 0;   // MLP intermediate size
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;   // grouped-query attention: n_heads % n_kv_heads == 0
+  int64_t vocab_size = 0;
+  int64_t max_seq_len = 0;  // the model's context (default perplexity window)
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  bool tied_embeddings = false;  // output head shares the embedding matrix
+  int64_t bos_id = 1;
+  int64_t eos_id = 2;
+
+  int64_t head_dim() const { return dim / n_heads; }
+  // Throws sqlab::Error naming `origin` when the numbers do not make a model.
+  void check(const std::string& origin) const;
+};
+
+struct LlamaLayer {
+  at::Tensor attn_norm;   // dim
+  at::Tensor wq;          // n_heads*head_dim x dim (rotate-half layout)
+  at::Tensor wk;          // n_kv_heads*head_dim x dim (rotate-half layout)
+  at::Tensor wv;          // n_kv_heads*head_dim x dim
+  at::Tensor wo;          // dim x n_heads*head_dim
+  at::Tensor mlp_norm;    // dim
+  at::Tensor w_gate;      // hidden_dim x dim
+  at::Tensor w_up;        // hidden_dim x dim
+  at::Tensor w_down;      // dim x hidden_dim
+};
+
+struct LlamaWeights {
+  LlamaConfig config;
+  at::Tensor embedding;   // vocab x dim
+  std::vector<LlamaLayer> layers;
+  at::Tensor final_norm;  // dim
+  at::Tensor output;      // vocab x dim (the same tensor as `embedding` when tied)
+  std::string origin;     // the file or directory it came from (for messages)
+};
+
+// The linear sites of a layer (method-notes.md section 1): the activations that enter
+// one or more linear layers sharing that input.
+enum class LinearSite { attn_in, attn_out, mlp_in, mlp_out, head };
+
+// Name used in site names, YAML and run files: "attn_in", "attn_out", "mlp_in",
+// "mlp_out", "head".
+const char* linear_site_name(LinearSite site);
+
+// Hooks into the forward pass: `input` sees (and may replace) the activations that
+// enter a site's linear layers (layer = -1 for the output head). Quantized evaluation
+// rotates and fake-quantizes there; activation capture records there. The default
+// leaves them unchanged.
+class ForwardHooks {
+ public:
+  virtual ~ForwardHooks() = default;
+  virtual at::Tensor input(int64_t layer, LinearSite site, const at::Tensor& x) { return x; }
+};
+
+// Logits (B x T x vocab) for token ids (B x T, int64), causal attention within each
+// row, positions 0..T-1. Differentiable (autograd flows into the weights).
+at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens,
+                         ForwardHooks* hooks = nullptr);
+
+}  // namespace sqlab
