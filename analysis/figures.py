@@ -288,6 +288,72 @@ def outliers(results):
     return [("outliers", fig)]
 
 
+SPLIT_METRICS = ["rel_output_error", "rel_output_error_outlier_tokens", "rel_output_error_other_tokens"]
+SPLIT_NAMES = ["all tokens", "outlier tokens", "other tokens"]
+
+
+def error_split(results):
+    """Where the error is: the output error over all tokens, over the tokens that carry
+    massive outliers, and over the rest, side by side per method (issue: one error
+    over all tokens hides what ART does for the few outlier tokens). The energy share of
+    the outlier tokens is in the title: overall^2 = share*outlier^2 + (1-share)*other^2."""
+    if not all(m in results.metric_names for m in SPLIT_METRICS):
+        return []
+    groups = [g for g in _bar_groups(results, SPLIT_METRICS[1]) if all(m in g.metrics for m in SPLIT_METRICS)]
+    if not groups:
+        return []
+    fig, axes = style.new_figure(results, "Output error: outlier tokens vs the rest",
+                                 panel=(max(5.5, 1.2 * len(groups) + 2.0), 4.0))
+    ax = axes[0]
+    width = 0.8 / len(SPLIT_METRICS)
+    x = np.arange(len(groups))
+    shades = ["0.35", "tab:red", "tab:blue"]
+    for i, (metric, name) in enumerate(zip(SPLIT_METRICS, SPLIT_NAMES)):
+        ax.bar(x + (i - 1) * width, [g.mean(metric) for g in groups], width,
+               yerr=[g.stderr(metric) for g in groups], capsize=3, color=shades[i],
+               edgecolor="black", linewidth=0.5, label=name)
+    names = [style.group_name(g) for g in groups]
+    ax.set_xticks(x, names, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    ax.set_ylabel("relative output error ‖ΔY‖/‖Y‖ (ratio)")
+    share = [g.mean("outlier_token_energy_share") for g in groups if "outlier_token_energy_share" in g.metrics]
+    note = _stderr_note(groups)
+    if share:
+        note += "; outlier tokens hold {:.1%} of the output energy".format(float(np.mean(share)))
+    ax.set_title(note, fontsize=8)
+    ax.legend(loc="best")
+    return [("error_split", fig)]
+
+
+def channels(results):
+    """Per-channel max |activation| before and after each method's transform (first seed,
+    first site): where the outlier channels are, and whether the transform spread them."""
+    runs = {}
+    for run in results.runs:
+        if run.status == "complete" and run.channels and run.label not in runs:
+            runs[run.label] = run
+    if not runs:
+        return []
+    site = sorted(next(iter(runs.values())).channels)[0]
+    colors = style.label_colors(results)
+    fig, axes = style.new_figure(results, "Per-channel max |activation| [{}]".format(site),
+                                 panel=(7.0, 4.0))
+    ax = axes[0]
+    before = next(iter(runs.values())).channels[site].get("absmax_before")
+    if before is not None:
+        # Drawn on top, dotted: an identity transform's "after" is exactly this line.
+        ax.plot(np.arange(before.size), before, color="black", linestyle=":", linewidth=1.0,
+                zorder=5, label="before (all methods)")
+    for label, run in runs.items():
+        after = run.channels.get(site, {}).get("absmax_after")
+        if after is not None:
+            ax.plot(np.arange(after.size), after, color=colors[label], linewidth=0.8, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("channel index")
+    ax.set_ylabel("max |activation| over tokens (act. units)")
+    ax.legend(loc="best")
+    return [("channels", fig)]
+
+
 def time(results):
     """Build (and apply) seconds per method label on a log axis (Table 5)."""
     kinds = [m for m in ("build_seconds", "apply_seconds") if m in results.metric_names]
@@ -568,6 +634,8 @@ FIGURES = {
     "traces": traces,
     "ablation": ablation,
     "outliers": outliers,
+    "error_split": error_split,
+    "channels": channels,
     "histograms": histograms,
     "sweep": sweep,
     "sweep_map": sweep_map,

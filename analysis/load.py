@@ -60,6 +60,7 @@ class Run:
     histograms: dict = field(default_factory=dict)  # tag -> Histogram
     timing: dict = field(default_factory=dict)
     rotation_sites: list = field(default_factory=list)
+    channels: dict = field(default_factory=dict)  # site -> name -> per-channel array
 
     def rotation(self, site):
         """The dense rotation of `site` (R, or R1 (x) R2 when stored as factors)."""
@@ -230,6 +231,15 @@ def _read_histograms(f):
     return hists
 
 
+def _read_channels(sites):
+    """Per-channel arrays under /sites/SITE/channels (e.g. absmax_before, absmax_after)."""
+    channels = {}
+    for site, group in sites.items():
+        if "channels" in group:
+            channels[site] = {name: np.asarray(data[()], dtype=float) for name, data in group["channels"].items()}
+    return channels
+
+
 def load_run(path, point=None):
     """Read one run file (everything but the rotation matrices)."""
     try:
@@ -253,6 +263,7 @@ def load_run(path, point=None):
                 histograms=_read_histograms(f),
                 timing=_scalars(f.get("timing")),
                 rotation_sites=list(f.get("rotations", {}).keys()),
+                channels=_read_channels(sites),
             )
     except (OSError, KeyError) as e:
         raise ResultsError("{}: not a readable sqlab run file ({})".format(path, e)) from e

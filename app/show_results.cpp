@@ -16,20 +16,11 @@ namespace sqlab {
 namespace fs = std::filesystem;
 namespace {
 
-// Shown when no --metric is given, in this order, when the runs have them.
-const std::vector<std::string> kHeadline = {"rel_output_error", "ppl", "sqnr_db", "act_absmax", "act_kurtosis",
-                                            "build_seconds"};
-
 std::vector<std::string> choose_metrics(const std::vector<SummaryRow>& rows, const std::vector<std::string>& asked) {
   std::set<std::string> present;
   for (const auto& row : rows)
     for (const auto& [name, value] : row.metrics) present.insert(name);
-  if (asked.empty()) {
-    std::vector<std::string> chosen;
-    for (const auto& name : kHeadline)
-      if (present.count(name)) chosen.push_back(name);
-    return chosen;
-  }
+  if (asked.empty()) return headline_metrics(rows);
   for (const auto& name : asked)
     if (!present.count(name))
       throw config_error(fmt::format("show: unknown metric '{}' (valid: {})", name, fmt::join(present, ", ")));

@@ -160,6 +160,21 @@ nlohmann::json summary_json(const std::string& name, const std::vector<SummaryRo
   return j;
 }
 
+std::vector<std::string> headline_metrics(const std::vector<SummaryRow>& rows) {
+  // The split follows the overall error: one error over all tokens hides what a method
+  // does for the few tokens that carry massive outliers.
+  static const std::vector<std::string> kHeadline = {
+      "rel_output_error", "rel_output_error_outlier_tokens", "rel_output_error_other_tokens", "ppl", "sqnr_db",
+      "act_absmax", "act_kurtosis", "build_seconds"};
+  std::set<std::string> present;
+  for (const auto& row : rows)
+    for (const auto& [name, value] : row.metrics) present.insert(name);
+  std::vector<std::string> chosen;
+  for (const auto& name : kHeadline)
+    if (present.count(name)) chosen.push_back(name);
+  return chosen;
+}
+
 std::string metrics_table(const std::vector<SummaryRow>& rows, const std::vector<std::string>& metrics) {
   const auto groups = group_rows(rows);
   std::vector<std::string> names;
@@ -170,17 +185,22 @@ std::string metrics_table(const std::vector<SummaryRow>& rows, const std::vector
     width = std::max(width, name.size());
     names.push_back(name);
   }
+  std::vector<size_t> column;  // each metric's column: its name or 24, whichever is wider
+  for (const auto& m : metrics) column.push_back(std::max<size_t>(24, m.size()));
   std::ostringstream out;
   out << fmt::format("{:<{}}  {:>4}", "label", width, "runs");
-  for (const auto& m : metrics) out << fmt::format("  {:>24}", m);
+  for (size_t j = 0; j < metrics.size(); ++j) out << fmt::format("  {:>{}}", metrics[j], column[j]);
   out << "\n";
   for (size_t i = 0; i < groups.size(); ++i) {
     out << fmt::format("{:<{}}  {:>4}", names[i], width, groups[i].runs);
-    for (const auto& m : metrics) {
-      auto it = groups[i].metrics.find(m);
-      out << (it == groups[i].metrics.end()
-                  ? fmt::format("  {:>24}", "-")
-                  : fmt::format("  {:>24}", fmt::format("{:.4g} ± {:.2g}", it->second.first, it->second.second)));
+    for (size_t j = 0; j < metrics.size(); ++j) {
+      auto it = groups[i].metrics.find(metrics[j]);
+      const std::string cell = it == groups[i].metrics.end()
+                                   ? "-"
+                                   : fmt::format("{:.4g} ± {:.2g}", it->second.first, it->second.second);
+      // "±" is two bytes and one column: pad by display width, not by bytes.
+      const size_t shown = cell.size() - (it == groups[i].metrics.end() ? 0 : 1);
+      out << std::string(2 + (column[j] > shown ? column[j] - shown : 0), ' ') << cell;
     }
     out << "\n";
   }

@@ -43,6 +43,9 @@ std::vector<SummaryRow> read_summary_rows(const std::string& dir);
 std::string summary_csv(const std::vector<SummaryRow>& rows, const std::vector<std::string>& swept_keys);
 nlohmann::json summary_json(const std::string& name, const std::vector<SummaryRow>& rows,
                             const std::vector<std::string>& swept_keys);
+// The metrics a table shows when none are asked for, in this order, among those the
+// rows have: the overall output error, its outlier-token / other-token split, ppl, ...
+std::vector<std::string> headline_metrics(const std::vector<SummaryRow>& rows);
 // A fixed-width table of `metrics` (mean ± stderr) per group, for the terminal.
 std::string metrics_table(const std::vector<SummaryRow>& rows, const std::vector<std::string>& metrics);
 // The same as a Markdown table (label, each swept key, runs, metrics), for a paper draft.

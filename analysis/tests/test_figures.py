@@ -79,6 +79,29 @@ class AblationFigures(DrawnFigures):
         self.check_files("histograms", ["histograms"])
         self.check_files("time", ["time"])
 
+    def test_error_split_and_channels(self):
+        self.check_files("error_split", ["error_split"])
+        self.check_files("channels", ["channels"])
+
+    def test_error_split_parts_recombine(self):
+        # overall^2 = share * outlier^2 + (1 - share) * other^2, per run: the figure's three
+        # bars are one decomposition, not three unrelated numbers.
+        for run in self.results.runs:
+            m = run.metrics
+            share = m["outlier_token_energy_share"]
+            recombined = share * m["rel_output_error_outlier_tokens"] ** 2 + \
+                (1 - share) * m["rel_output_error_other_tokens"] ** 2
+            self.assertAlmostEqual(recombined, m["rel_output_error"] ** 2, places=6)
+
+    def test_channels_loaded_per_site(self):
+        run = self.results.runs[0]
+        site = sorted(run.channels)[0]
+        self.assertEqual(run.channels[site]["absmax_before"].shape, (32,))
+        self.assertEqual(run.channels[site]["absmax_after"].shape, (32,))
+        # The synthetic site plants a massive outlier of magnitude 300 (fixture): it is
+        # the largest channel absmax before any transform.
+        self.assertGreaterEqual(run.channels[site]["absmax_before"].max(), 300 * 0.99)
+
     def test_no_sweep_figures_without_a_sweep(self):
         self.assertEqual(self.stems("sweep") + self.stems("sweep_map"), [])
 
