@@ -219,24 +219,9 @@ class Hdf5SiteFile {
   Id file_;
 };
 
-class Hdf5Dataset : public Dataset {
+class Hdf5Dataset : public MultiSiteFileDataset {
  public:
-  explicit Hdf5Dataset(ConfigReader& reader) {
-    path_ = require_existing_file(reader, "path");
-    selected_ = reader.get<std::vector<std::string>>("sites", {});
-    sites_where_ = reader.where("sites");
-    options_ = parse_site_file_options(reader);
-  }
-
-  std::vector<Site> load(uint64_t seed) const override {
-    std::vector<Site> sites;
-    for (const RawSite& raw : read()) sites.push_back(finish_site(raw, options_, seed));
-    return sites;
-  }
-
-  void validate() const override {
-    for (const RawSite& raw : read()) check_site_values(raw, options_);
-  }
+  using MultiSiteFileDataset::MultiSiteFileDataset;
 
  private:
   // The sites to read: (name, group holding X and W).
@@ -270,7 +255,7 @@ class Hdf5Dataset : public Dataset {
     return result;
   }
 
-  std::vector<RawSite> read() const {
+  std::vector<RawSite> read() const override {
     Hdf5Session session;
     const Hdf5SiteFile file(path_);
     std::vector<RawSite> sites;
@@ -288,10 +273,6 @@ class Hdf5Dataset : public Dataset {
     return sites;
   }
 
-  std::string path_;
-  std::vector<std::string> selected_;
-  std::string sites_where_;
-  SiteFileOptions options_;
 };
 
 }  // namespace

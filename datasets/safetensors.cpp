@@ -22,24 +22,9 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-class SafetensorsDataset : public Dataset {
+class SafetensorsDataset : public MultiSiteFileDataset {
  public:
-  explicit SafetensorsDataset(ConfigReader& reader) {
-    path_ = require_existing_file(reader, "path");
-    selected_ = reader.get<std::vector<std::string>>("sites", {});
-    sites_where_ = reader.where("sites");
-    options_ = parse_site_file_options(reader);
-  }
-
-  std::vector<Site> load(uint64_t seed) const override {
-    std::vector<Site> sites;
-    for (const RawSite& raw : read()) sites.push_back(finish_site(raw, options_, seed));
-    return sites;
-  }
-
-  void validate() const override {
-    for (const RawSite& raw : read()) check_site_values(raw, options_);
-  }
+  using MultiSiteFileDataset::MultiSiteFileDataset;
 
  private:
   // (site name, tensor-name prefix: "" or "NAME.")
@@ -86,7 +71,7 @@ class SafetensorsDataset : public Dataset {
     return *e;
   }
 
-  std::vector<RawSite> read() const {
+  std::vector<RawSite> read() const override {
     const SafetensorsFile file(path_);
     std::vector<RawSite> sites;
     for (const auto& [name, prefix] : layout(file)) {
@@ -101,10 +86,6 @@ class SafetensorsDataset : public Dataset {
     return sites;
   }
 
-  std::string path_;
-  std::vector<std::string> selected_;
-  std::string sites_where_;
-  SiteFileOptions options_;
 };
 
 }  // namespace

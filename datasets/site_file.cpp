@@ -121,4 +121,21 @@ std::string list_names(const std::vector<std::string>& names, size_t limit) {
 
 std::string shape_string(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
+MultiSiteFileDataset::MultiSiteFileDataset(ConfigReader& reader) {
+  path_ = require_existing_file(reader, "path");
+  selected_ = reader.get<std::vector<std::string>>("sites", {});
+  sites_where_ = reader.where("sites");
+  options_ = parse_site_file_options(reader);
+}
+
+std::vector<Site> MultiSiteFileDataset::load(uint64_t seed) const {
+  std::vector<Site> sites;
+  for (const RawSite& raw : read()) sites.push_back(finish_site(raw, options_, seed));
+  return sites;
+}
+
+void MultiSiteFileDataset::validate() const {
+  for (const RawSite& raw : read()) check_site_values(raw, options_);
+}
+
 }  // namespace sqlab

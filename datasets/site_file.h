@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/dataset.h"
 #include "core/site.h"
 
 namespace sqlab {
@@ -58,5 +59,23 @@ std::string list_names(const std::vector<std::string>& names, size_t limit = 20)
 
 // "[2, 3]"
 std::string shape_string(const std::vector<int64_t>& shape);
+
+// A site file holding one or several named sites (hdf5, safetensors): the keys `path`
+// (must exist), `sites` (which named sites; all by default) and the common options; a
+// format supplies read(), which checks shapes and returns the selected sites.
+class MultiSiteFileDataset : public Dataset {
+ public:
+  explicit MultiSiteFileDataset(ConfigReader& reader);
+  std::vector<Site> load(uint64_t seed) const override;
+  void validate() const override;
+
+ protected:
+  virtual std::vector<RawSite> read() const = 0;
+
+  std::string path_;
+  std::vector<std::string> selected_;  // `sites`; empty: every site in the file
+  std::string sites_where_;            // "file:line: data.sites" for messages
+  SiteFileOptions options_;
+};
 
 }  // namespace sqlab
