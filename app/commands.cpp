@@ -1,4 +1,6 @@
 #include "app/commands.h"
+
+#include "app/cli_args.h"
 #include "app/plot_command.h"
 #include "app/show_results.h"
 
@@ -26,23 +28,6 @@ namespace fs = std::filesystem;
 namespace {
 
 // Parses a subcommand's arguments; returns false when --help was printed.
-bool parse_args(const std::string& command, const std::vector<std::string>& args,
-                po::options_description& options, const po::positional_options_description& positional,
-                const std::string& usage, po::variables_map& vm) {
-  options.add_options()("help,h", "show this help");
-  try {
-    po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw config_error(fmt::format("{}: {} (see `sqlab {} --help`)", command, e.what(), command));
-  }
-  if (vm.count("help")) {
-    std::cout << "usage: " << usage << "\n\n" << options;
-    return false;
-  }
-  return true;
-}
-
 std::string require_file(const po::variables_map& vm, const std::string& command) {
   if (!vm.count("experiment"))
     throw config_error(fmt::format("{}: missing EXPERIMENT.yaml (see `sqlab {} --help`)", command, command));

@@ -1,4 +1,5 @@
 #include "app/compare_command.h"
+#include "app/cli_args.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -166,24 +167,16 @@ std::string compare_text(const std::vector<ResultsDir>& dirs, const std::vector<
 
 int command_compare(const std::vector<std::string>& args) {
   po::options_description options("options");
-  options.add_options()("help,h", "show this help")("dirs", po::value<std::vector<std::string>>(), "results directories")(
+  options.add_options()("dirs", po::value<std::vector<std::string>>(), "results directories")(
       "metric", po::value<std::vector<std::string>>()->composing(), "metric to compare (repeatable; default rel_output_error)")(
       "format", po::value<std::string>()->default_value("table"), "table | markdown | json")(
       "force", po::bool_switch(), "compare even when the data or quantization settings differ");
   po::positional_options_description positional;
   positional.add("dirs", -1);
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw config_error(fmt::format("compare: {} (see `sqlab compare --help`)", e.what()));
-  }
-  if (vm.count("help")) {
-    std::cout << "usage: sqlab compare DIR_A DIR_B [...] [--metric NAME]... [--format table|markdown|json] [--force]\n\n"
-              << options;
+  if (!parse_args("compare", args, options, positional,
+                  "sqlab compare DIR_A DIR_B [...] [--metric NAME]... [--format table|markdown|json] [--force]", vm))
     return 0;
-  }
   const auto paths = vm.count("dirs") ? vm["dirs"].as<std::vector<std::string>>() : std::vector<std::string>{};
   if (paths.size() < 2) throw config_error("compare: give at least two results directories");
   const std::string format = vm["format"].as<std::string>();

@@ -5,6 +5,7 @@
 // Tensors stay float64, as in the run file: float32 would lose orthogonality at
 // about 1e-7 per entry, and the user's pipeline can cast when it fuses.
 #include "app/export_command.h"
+#include "app/cli_args.h"
 
 #include <ATen/ATen.h>
 #include <boost/program_options.hpp>
@@ -120,20 +121,11 @@ int command_export(const std::vector<std::string>& args) {
   options.add_options()("results", po::value<std::string>(), "results directory (holds runs/*.h5)")(
       "run", po::value<std::vector<std::string>>()->composing(), "export only this run (repeatable)")(
       "format", po::value<std::string>()->default_value("safetensors"), "safetensors | npy")(
-      "out", po::value<std::string>(), "output directory (created if missing)")("help,h", "show this help");
+      "out", po::value<std::string>(), "output directory (created if missing)");
   po::positional_options_description positional;
   positional.add("results", 1);
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw config_error(fmt::format("export: {} (see `sqlab export --help`)", e.what()));
-  }
-  if (vm.count("help")) {
-    std::cout << "usage: " << kUsage << "\n\n" << options;
-    return 0;
-  }
+  if (!parse_args("export", args, options, positional, kUsage, vm)) return 0;
   if (!vm.count("results")) throw config_error(fmt::format("export: missing RESULTS_DIR (usage: {})", kUsage));
   if (!vm.count("out")) throw config_error(fmt::format("export: missing --out DIR (usage: {})", kUsage));
   const std::string format = vm["format"].as<std::string>();

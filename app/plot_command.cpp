@@ -1,4 +1,5 @@
 #include "app/plot_command.h"
+#include "app/cli_args.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -135,8 +136,9 @@ int map_exit(const ChildResult& child, const std::string& python) {
 }  // namespace
 
 const std::vector<std::string>& figure_families() {
-  static const std::vector<std::string> names = {"convergence", "traces", "ablation", "outliers",
-                                                 "histograms", "sweep", "sweep_map", "time"};
+  // The keys of analysis/figures.py FIGURES, in its order (analysis/tests checks they agree).
+  static const std::vector<std::string> names = {"convergence", "traces", "ablation", "outliers", "error_split",
+                                                 "channels", "histograms", "sweep", "sweep_map", "time"};
   return names;
 }
 
@@ -188,23 +190,14 @@ int command_plot(const std::vector<std::string>& args) {
   options.add_options()("results", po::value<std::string>(), "results directory (holds runs/*.h5)")(
       "out", po::value<std::string>(), "where the figures go (default: RESULTS_DIR/figures)")(
       "only", po::value<std::vector<std::string>>()->composing(),
-      "draw only these figure families (repeat or comma-separate)")("help,h", "show this help");
+      "draw only these figure families (repeat or comma-separate)");
   po::positional_options_description positional;
   positional.add("results", 1);
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw config_error(fmt::format("plot: {} (see `sqlab plot --help`)", e.what()));
-  }
-  if (vm.count("help")) {
-    std::cout << "usage: sqlab plot RESULTS_DIR [--out DIR] [--only FIGURE,...]\n\n"
-              << "figures: " << join(figure_families(), ", ") << "\n"
-              << "(each is drawn when the results hold what it shows; PNG and PDF)\n\n"
-              << options;
-    return 0;
-  }
+  const std::string usage = "sqlab plot RESULTS_DIR [--out DIR] [--only FIGURE,...]\n\nfigures: " +
+                            join(figure_families(), ", ") +
+                            "\n(each is drawn when the results hold what it shows; PNG and PDF)";
+  if (!parse_args("plot", args, options, positional, usage, vm)) return 0;
   if (!vm.count("results")) throw config_error("plot: missing RESULTS_DIR (see `sqlab plot --help`)");
   std::vector<std::string> only;
   if (vm.count("only"))
