@@ -6,7 +6,7 @@ BIN_DIR ?= $(if $(filter 0,$(shell id -u)),/usr/local/bin,$(HOME)/.local/bin)
 # OPENBLAS_CORETYPE=Haswell halves f32 matmul speed on this CPU (toolchain.md).
 unexport OPENBLAS_CORETYPE
 
-.PHONY: all setup configure build install run test bench clean
+.PHONY: all setup configure build install run test bench clean stress fuzz test-asan
 
 all: build
 
@@ -32,6 +32,41 @@ run: install
 
 test: install
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# Microbenchmarks (bench/sqlab_bench.cpp): apply and fake-quant throughput against a copy,
+# rotation build times per method and n. BENCH_ARGS=--benchmark_filter=apply/ picks a group;
+# SQLAB_BENCH_LARGE=1 adds the dense O(n^3) builds at n >= 11008 (slow).
+bench: build
+	$(BUILD)/sqlab_bench --benchmark_counters_tabular=true $(BENCH_ARGS)
+
+# Reliability (README "Reliability"). `make stress`: the kill test with STRESS_KILLS
+# stops, then every fuzzer for 600 s. `make fuzz`: the libFuzzer targets (clang) for
+# FUZZ_SECONDS each. `make test-asan`: the unit tests under ASan + UBSan.
+FUZZ_BUILD   ?= build-fuzz
+ASAN_BUILD   ?= build-asan
+FUZZ_SECONDS ?= 60
+STRESS_KILLS ?= 100
+# LibTorch, OpenBLAS and HDF5 are Debian's, not instrumented: their one-time allocations
+# read as leaks (detect_leaks=0), and LibTorch's libraries define some globals twice
+# (detect_odr_violation=0). Our own code is fully checked.
+ASAN_ENV = ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+stress: install
+	cd $(BUILD) && SQLAB_KILLS=$(STRESS_KILLS) ctest --output-on-failure -R '^KillTest$$'
+	$(MAKE) fuzz FUZZ_SECONDS=600
+
+fuzz: setup
+	@command -v clang++ >/dev/null || { echo "make fuzz needs clang (libFuzzer): apt-get install -y clang"; exit 2; }
+	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DSQLAB_FUZZ=ON
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_targets
+	fuzz/run_fuzzers.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+# The Python tests (analysis_*) exercise Python, not our C++: left to `make test`.
+test-asan: setup
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSQLAB_SANITIZE=ON
+	cmake --build $(ASAN_BUILD) -j $(JOBS) --target sqlab sqlab_tests
+	cd $(ASAN_BUILD) && $(ASAN_ENV) ctest --output-on-failure -j $(JOBS) -E '^analysis_'
 
 clean:
 	rm -rf $(BUILD)

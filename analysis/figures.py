@@ -626,6 +626,85 @@ def _sweep_map_pair(results, key_a, key_b, metric):
     return ("sweep_map_{}_x_{}".format(_safe(short_key(key_a)), _safe(short_key(key_b))), fig)
 
 
+# --- scaling: time against the width n ------------------------------------------
+
+# Swept keys that are the hidden width n of the sites (experiments/scaling.yaml sweeps
+# data.channels); the last path component decides.
+WIDTH_KEYS = ("channels", "dim", "n", "width")
+# Reference slopes drawn next to the measured curves: name, f(n).
+REFERENCE_SLOPES = [
+    ("O(n²)", lambda n: n ** 2),
+    ("O(n^1.5)", lambda n: n ** 1.5),
+    ("O(n log n)", lambda n: n * np.log2(n)),
+]
+
+
+def width_key(results):
+    """The swept key that is the width n (numeric, at least three values), or None."""
+    for key in results.varied_keys():
+        values = results.point_values(key)
+        if key.split(".")[-1] in WIDTH_KEYS and _numeric(values) and len(values) >= 3:
+            return key
+    return None
+
+
+def fit_slope(ns, seconds):
+    """Least-squares slope of log(seconds) against log(n): the exponent k of seconds ~ n^k."""
+    ns, seconds = np.asarray(ns, dtype=float), np.asarray(seconds, dtype=float)
+    keep = (ns > 0) & (seconds > 0) & np.isfinite(seconds)
+    if keep.sum() < 2:
+        return math.nan
+    return float(np.polyfit(np.log(ns[keep]), np.log(seconds[keep]), 1)[0])
+
+
+def _scaling_panel(ax, results, key, metric, colors):
+    """metric against n on log-log axes, one line per label (mean over seeds, fitted
+    exponent in the legend), and the reference slopes through the curves' median start."""
+    from .load import parse_value
+    starts, all_ns = [], set()
+    for label in results.labels:
+        groups = [g for g in results.groups_of(label) if key in g.point and metric in g.metrics]
+        groups = sorted(groups, key=lambda g: parse_value(g.point[key]))
+        points = [(float(parse_value(g.point[key])), g.mean(metric)) for g in groups if g.mean(metric) > 0]
+        if len(points) < 2:
+            continue
+        ns, ys = zip(*points)
+        all_ns.update(ns)
+        starts.append((ns[0], ys[0]))
+        ax.plot(ns, ys, marker="o", ms=4, color=colors[label],
+                label="{} (n^{:.2f})".format(label, fit_slope(ns, ys)))
+    if not starts:
+        return False
+    n0 = min(n for n, _ in starts)
+    y0 = float(np.median([y for n, y in starts if n == n0]))
+    grid = np.array(sorted(all_ns))
+    for (name, f), ls in zip(REFERENCE_SLOPES, LINESTYLES[1:]):
+        ax.plot(grid, y0 * f(grid) / f(n0), color="0.55", ls=ls, lw=1, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("n ({})".format(short_key(key)))
+    ax.set_ylabel(metric_label(metric) + " (log scale)")
+    ax.set_title("{}: measured (fitted exponent) and reference slopes".format(metric), fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    return True
+
+
+def scaling(results):
+    """Build and apply seconds against the width n, log-log, per method, next to O(n²),
+    O(n^1.5) and O(n log n) (experiments/scaling.yaml)."""
+    key = width_key(results)
+    metrics = [m for m in ("build_seconds", "apply_seconds") if m in results.metric_names]
+    if key is None or not metrics:
+        return []
+    colors = style.label_colors(results)
+    fig, axes = style.new_figure(results, "Time against the width n", ncols=len(metrics), panel=(5.2, 4.2))
+    drawn = [_scaling_panel(ax, results, key, metric, colors) for ax, metric in zip(axes, metrics)]
+    if not any(drawn):
+        plt.close(fig)
+        return []
+    return [("scaling", fig)]
+
+
 # --- registry and drawing --------------------------------------------------------
 
 # Figure family -> function. These names are what `plots: [...]` and `--only` accept.
@@ -640,6 +719,7 @@ FIGURES = {
     "sweep": sweep,
     "sweep_map": sweep_map,
     "time": time,
+    "scaling": scaling,
 }
 
 

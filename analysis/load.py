@@ -63,11 +63,13 @@ class Run:
     channels: dict = field(default_factory=dict)  # site -> name -> per-channel array
 
     def rotation(self, site):
-        """The dense rotation of `site` (R, or R1 (x) R2 when stored as factors)."""
+        """The dense rotation of `site` (R, or R1 (x) R2 when stored as factors; T for a
+        transform that is not orthogonal, whose weights map by T_w = T^-T)."""
         with h5py.File(self.path, "r") as f:
             group = f["rotations"][site]
-            if "R" in group:
-                return np.asarray(group["R"][()])
+            for name in ("R", "T"):
+                if name in group:
+                    return np.asarray(group[name][()])
             return np.kron(np.asarray(group["R1"][()]), np.asarray(group["R2"][()]))
 
     @property

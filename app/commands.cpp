@@ -2,6 +2,7 @@
 
 #include "app/cli_args.h"
 #include "app/plot_command.h"
+#include "app/run_jobs.h"
 #include "app/show_results.h"
 
 #include <boost/program_options.hpp>
@@ -67,6 +68,16 @@ std::pair<int64_t, int64_t> parse_shard(const std::string& text) {
 
 void validate(const Experiment& ex, const Registries& registries) { prepare_all(ex, registries); }
 
+// What each --jobs worker runs: the same experiment, overrides, directory and shard.
+std::vector<std::string> worker_args(const po::variables_map& vm, const std::string& out_dir) {
+  std::vector<std::string> args{"run", vm["experiment"].as<std::string>(), "--out", out_dir};
+  for (const std::string& set : overrides_of(vm)) args.insert(args.end(), {"--set", set});
+  if (vm.count("shard")) args.insert(args.end(), {"--shard", vm["shard"].as<std::string>()});
+  if (vm["resume"].as<bool>()) args.push_back("--resume");
+  if (vm["fail-fast"].as<bool>()) args.push_back("--fail-fast");
+  return args;
+}
+
 nlohmann::json run_json(const Experiment& ex) {
   nlohmann::json runs = nlohmann::json::array();
   for (const auto& run : ex.runs) {
@@ -114,9 +125,6 @@ nlohmann::json yaml_to_json(const YAML::Node& node) {
   return text;
 }
 
-const std::vector<std::string> kTableMetrics = {"rel_output_error", "sqnr_db", "act_absmax", "act_kurtosis",
-                                                "build_seconds"};
-
 }  // namespace
 
 int command_run(const std::vector<std::string>& args, const Registries& registries) {
@@ -125,7 +133,10 @@ int command_run(const std::vector<std::string>& args, const Registries& registri
       "set", po::value<std::vector<std::string>>()->composing(), "override a key: --set a.b.c=VALUE")(
       "out", po::value<std::string>(), "results directory (default: the experiment's `output`)")(
       "resume", po::bool_switch(), "skip runs whose file is complete")(
+      "fail-fast", po::bool_switch(), "stop at the first failed run (default: run every other run, exit 1)")(
       "shard", po::value<std::string>(), "run only shard K of N (K/N, 0-based), e.g. from SLURM_ARRAY_TASK_ID")(
+      "jobs,j", po::value<int>()->default_value(1), "run N runs at once in N worker processes (threads divided)")(
+      "worker", po::value<std::string>(), "(internal) worker W/N of --jobs")(
       "dry-run", po::bool_switch(), "validate and list the runs, run nothing")(
       "json", po::bool_switch(), "print a machine-readable summary on stdout");
   po::positional_options_description positional;
@@ -145,11 +156,23 @@ int command_run(const std::vector<std::string>& args, const Registries& registri
   RunnerOptions runner;
   runner.out_dir = vm.count("out") ? vm["out"].as<std::string>() : ex.output;
   runner.resume = vm["resume"].as<bool>();
+  runner.fail_fast = vm["fail-fast"].as<bool>();
   if (vm.count("shard")) std::tie(runner.shard_index, runner.shard_count) = parse_shard(vm["shard"].as<std::string>());
   runner.progress = stderr_is_terminal();
-  const RunnerResult result = run_experiment(ex, registries, runner);
+  const int jobs = vm["jobs"].as<int>();
+  if (jobs < 1) throw config_error(fmt::format("run: --jobs {}: expected a positive number of processes", jobs));
+  const bool worker = vm.count("worker") > 0;
+  if (worker) {  // one of a --jobs parent's processes (app/run_jobs.h)
+    std::tie(runner.worker_index, runner.worker_count) = parse_shard(vm["worker"].as<std::string>());
+    runner.summary_dir = worker_summary_dir(runner.out_dir, runner.worker_index);
+    runner.progress = false;
+  }
+  const RunnerResult result = jobs > 1 && !worker
+                                  ? run_jobs(ex, registries, runner, jobs, worker_args(vm, runner.out_dir))
+                                  : run_experiment(ex, registries, runner);
   // `plots:` figures come after the runs; their failure is reported, not the exit code.
-  const bool plot = ex.plots && result.exit_code != 130;
+  const bool stopped = result.exit_code > 128;  // by SIGINT (130) or SIGTERM (143)
+  const bool plot = ex.plots && !stopped && !worker;
   const PlotOutcome figures = plot ? draw_figures(runner.out_dir, "", ex.plot_names) : PlotOutcome{};
   if (json) {
     nlohmann::json j = summary_json(ex.name, result.rows, ex.swept_keys);
@@ -159,10 +182,10 @@ int command_run(const std::vector<std::string>& args, const Registries& registri
     fmt::print("{}\n", j.dump(2));
   } else {
     fmt::print("results: {}\n\n{}", fs::absolute(runner.out_dir).lexically_normal().string(),
-               metrics_table(result.rows, kTableMetrics));
+               metrics_table(result.rows, headline_metrics(result.rows)));
     if (plot) print_figures_line(runner.out_dir, figures);
   }
-  if (result.exit_code == 130) fmt::print(stderr, "sqlab: interrupted; completed runs are saved (use --resume)\n");
+  if (stopped) fmt::print(stderr, "sqlab: interrupted; completed runs are saved (use --resume)\n");
   return result.exit_code;
 }
 

@@ -65,7 +65,8 @@ std::map<std::string, std::string> metadata_of(const RunRecord& run) {
                                           {"label", run.label},
                                           {"method", run.method},
                                           {"seed", std::to_string(run.seed)},
-                                          {"layout", "R = R1 (x) R2 (numpy.kron); a row x maps to x @ R, W to W @ R"},
+                                          {"layout", "R = R1 (x) R2 (numpy.kron); a row x maps to x @ R, W to W @ R; a transform that is not "
+                                                     "orthogonal (smoothquant) is T and T_w: x @ T, W @ T_w"},
                                           {"format", "sqlab rotations 1"}};
   nlohmann::json options = nlohmann::json::object();
   try {

@@ -10,30 +10,33 @@
 #include "app/commands.h"
 #include "app/compare_command.h"
 #include "app/export_command.h"
+#include "app/generate_command.h"
 #include "app/merge_command.h"
 #include "app/plot_command.h"
 #include "core/error.h"
 #include "core/system.h"
 #include "datasets/builtin.h"
 #include "methods/builtin.h"
+#include "model/model_runner.h"
 
 namespace {
 
 const char* kUsage = R"(sqlab: rotation-based quantization experiments for LLMs
 
 usage:
-  sqlab run EXPERIMENT.yaml [--set KEY=VALUE]... [--out DIR] [--shard K/N] [--resume] [--dry-run] [--json]
+  sqlab run EXPERIMENT.yaml [--set KEY=VALUE]... [--out DIR] [--shard K/N] [--jobs N] [--resume] [--fail-fast] [--dry-run] [--json]
   sqlab show EXPERIMENT.yaml [--set KEY=VALUE]...
   sqlab show RESULTS_DIR [--format table|markdown|json] [--metric NAME]...
   sqlab list methods|datasets|experiments [--json]
   sqlab plot RESULTS_DIR [--out DIR]
   sqlab export RESULTS_DIR [--run RUN_ID] [--format safetensors|npy] --out DIR
   sqlab merge OUT DIR...                  # shard directories into one
+  sqlab generate --model PATH [--tokenizer PATH] --prompt TEXT [--steps N] [--set KEY=VALUE]...
   sqlab compare DIR_A DIR_B [...] [--metric NAME]... [--format table|markdown|json] [--force]
   sqlab --help | --version
 
 exit codes: 0 all runs complete; 1 a run failed (the others ran and were saved);
-            2 usage or configuration error (nothing ran); 130 interrupted.
+            2 usage or configuration error (nothing ran); 130 interrupted (143: SIGTERM).
 Run `sqlab COMMAND --help` for a command's options.
 )";
 
@@ -64,6 +67,7 @@ int main(int argc, char** argv) {
   sqlab::Registries registries;
   sqlab::register_builtin_methods(registries.methods);
   sqlab::register_builtin_datasets(registries.datasets);
+  registries.model_runs = sqlab::make_model_run_backend();
 
   const std::string command = args[0];
   args.erase(args.begin());
@@ -75,7 +79,8 @@ int main(int argc, char** argv) {
     if (command == "export") return sqlab::command_export(args);
     if (command == "compare") return sqlab::command_compare(args);
     if (command == "merge") return sqlab::command_merge(args);
-    fmt::print(stderr, "sqlab: unknown command '{}' (valid: run, show, list, plot, export, compare, merge)\n\n{}", command, kUsage);
+    if (command == "generate") return sqlab::command_generate(args, registries);
+    fmt::print(stderr, "sqlab: unknown command '{}' (valid: run, show, list, plot, export, compare, merge, generate)\n\n{}", command, kUsage);
     return 2;
   } catch (const sqlab::Error& e) {
     fmt::print(stderr, "sqlab: {}\n", e.what());

@@ -4,28 +4,70 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 namespace sqlab {
 
-YAML::Node load_yaml_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw config_error(fmt::format("{}: cannot open file", path));
-  try {
-    return YAML::Load(in);
-  } catch (const YAML::ParserException& e) {
-    throw config_error(fmt::format("{}:{}:{}: malformed YAML: {}", path, e.mark.line + 1,
-                                   e.mark.column + 1, e.msg));
+namespace {
+
+// yaml-cpp accepts a key written twice in one mapping and keeps one of the values, so
+// `quant: {a_bits: 4}` followed by `quant: {a_bits: 8}` would run silently with one of
+// them (YAML 1.2 forbids duplicate keys). Every key in sqlab's files is a name, so a
+// key that is a list or a mapping is an error too. `where` prefixes the message.
+void check_mapping_keys(const YAML::Node& node, const std::string& where) {
+  if (node.IsSequence()) {
+    for (const auto& item : node) check_mapping_keys(item, where);
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::map<std::string, YAML::Mark> seen;
+  for (const auto& item : node) {
+    const YAML::Mark mark = item.first.Mark();
+    const std::string at = mark.is_null() ? where : fmt::format("{}:{}:{}", where, mark.line + 1, mark.column + 1);
+    if (!item.first.IsScalar())
+      throw config_error(fmt::format("{}: a key must be a name, not '{}'", at, yaml_to_flow(item.first)));
+    auto [previous, fresh] = seen.emplace(item.first.Scalar(), mark);
+    if (!fresh)
+      throw config_error(fmt::format("{}: key '{}' appears twice in one mapping{}", at, item.first.Scalar(),
+                                     previous->second.is_null() ? std::string()
+                                                                : fmt::format(" (first on line {})", previous->second.line + 1)));
+    check_mapping_keys(item.second, where);
   }
 }
 
-YAML::Node parse_yaml_value(const std::string& text, const std::string& origin) {
+}  // namespace
+
+YAML::Node load_yaml_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw config_error(fmt::format("{}: is a directory, not a YAML file", path));
+  std::ifstream in(path);
+  if (!in) throw config_error(fmt::format("{}: cannot open file", path));
+  YAML::Node node;
   try {
-    return YAML::Load(text);
+    node = YAML::Load(in);
+  } catch (const YAML::ParserException& e) {
+    throw config_error(fmt::format("{}:{}:{}: malformed YAML: {}", path, e.mark.line + 1,
+                                   e.mark.column + 1, e.msg));
+  } catch (const std::exception& e) {  // a read error (std::ios_base::failure)
+    throw config_error(fmt::format("{}: cannot read: {}", path, e.what()));
+  }
+  check_mapping_keys(node, path);
+  return node;
+}
+
+YAML::Node parse_yaml_value(const std::string& text, const std::string& origin) {
+  YAML::Node node;
+  try {
+    node = YAML::Load(text);
   } catch (const YAML::ParserException& e) {
     throw config_error(fmt::format("{}: malformed YAML value '{}': {}", origin, text, e.msg));
   }
+  check_mapping_keys(node, origin);
+  return node;
 }
 
 YAML::Node clone_yaml(const YAML::Node& node) { return YAML::Clone(node); }

@@ -15,10 +15,16 @@ namespace sqlab {
 namespace {
 
 const std::vector<std::string> kTopLevelKeys = {"name", "description", "seeds", "data", "quant",
-                                                "methods", "sweep", "record", "output", "defaults", "plots"};
+                                                "methods", "sweep", "record", "output", "defaults", "plots",
+                                                "model", "eval", "calib"};
 
 // One point of the sweep: the values of every swept key.
 using SweepPoint = std::vector<std::pair<std::string, YAML::Node>>;
+
+// More runs than this is a typo (`seeds: 1000000000`, a grid of 30 axes), not a study:
+// it is refused before anything is expanded instead of exhausting memory (found by
+// fuzz/fuzz_experiment_yaml.cpp).
+constexpr size_t kMaxRuns = 1000000;
 
 YAML::Node descend(YAML::Node node, const std::string& part, const std::string& walked,
                    const std::string& origin, bool create) {
@@ -41,6 +47,7 @@ std::vector<int64_t> parse_seeds(ConfigReader& root) {
   if (node.IsScalar()) {
     const int64_t count = root.get<int64_t>("seeds", 1);
     if (count < 1) root.fail("seeds", "a count of seeds must be positive");
+    if (static_cast<uint64_t>(count) > kMaxRuns) root.fail("seeds", fmt::format("a count of seeds must be at most {}", kMaxRuns));
     for (int64_t s = 0; s < count; ++s) seeds.push_back(s);
   } else {
     seeds = root.get<std::vector<int64_t>>("seeds", {});
@@ -68,6 +75,11 @@ std::vector<SweepPoint> expand_sweep(ConfigReader sweep) {
   const auto grid = parse_axes(sweep, "grid");
   const auto zip = parse_axes(sweep, "zip");
   sweep.finish();
+  size_t product = 1;
+  for (const auto& axis : grid) {
+    product *= axis.second.size();
+    if (product > kMaxRuns) sweep.fail("grid", fmt::format("the grid has more than {} points", kMaxRuns));
+  }
   std::vector<SweepPoint> points{{}};
   for (const auto& [key, values] : grid) {  // cartesian product
     std::vector<SweepPoint> next;
@@ -189,8 +201,20 @@ RunSpec make_run(const Experiment& ex, const YAML::Node& point_root, const Sweep
   config["seed"] = seed;
   config["data"] = clone_yaml(point_root["data"]);
   config["quant"] = point_root["quant"] ? clone_yaml(point_root["quant"]) : YAML::Node(YAML::NodeType::Map);
+  // An entry's own `quant:` mapping is merged over the global one for this entry's runs
+  // (e.g. {label: hadamard+gptq, method: hadamard, quant: {w_quantizer: gptq}}).
+  if (entry["quant"]) {
+    if (!entry["quant"].IsMap())
+      throw config_error(fmt::format("{}: methods.{}.quant: expected a mapping of quant keys, got '{}'", ex.file,
+                                     label, yaml_to_flow(entry["quant"])));
+    merge_yaml(config["quant"], entry["quant"]);
+    entry.remove("quant");
+  }
   config["method"] = entry;
   config["record"] = point_root["record"] ? clone_yaml(point_root["record"]) : YAML::Node(YAML::NodeType::Map);
+  // Model-level runs (core/model_run.h); absent keys are not added, so site-level ids stay.
+  for (const char* key : {"model", "eval", "calib"})
+    if (point_root[key]) config[key] = clone_yaml(point_root[key]);
   run.run_id = make_run_id(label, seed, config);
   config["name"] = ex.name;
   run.config = config;
@@ -313,12 +337,15 @@ Experiment load_experiment(const std::string& file, const std::vector<std::strin
   parse_plots(root, ex);
   const std::vector<int64_t> seeds = parse_seeds(root);
   const std::vector<MethodEntry> entries = parse_method_entries(root);
-  if (!root.has("data")) root.fail("data", "required key is missing");
-  for (const char* key : {"data", "quant", "record"}) root.raw(key);
+  if (!root.has("data") && !root.has("model")) root.fail("data", "required key is missing");
+  for (const char* key : {"data", "quant", "record", "model", "eval", "calib"}) root.raw(key);
   const std::vector<SweepPoint> points = expand_sweep(root.child("sweep"));
   for (const auto& key : kTopLevelKeys) root.raw(key);
   root.finish();
 
+  if (points.size() * seeds.size() * entries.size() > kMaxRuns)
+    root.fail("seeds", fmt::format("{} sweep points x {} seeds x {} methods is more than {} runs", points.size(),
+                                   seeds.size(), entries.size(), kMaxRuns));
   for (const auto& [key, value] : points.front()) ex.swept_keys.push_back(key);
   std::set<std::string> seen;
   for (const SweepPoint& point : points) {

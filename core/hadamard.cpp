@@ -66,10 +66,14 @@ template <class S, int H, size_t... L>
 SQLAB_ALWAYS_INLINE void lane_butterfly(typename S::V& v, std::index_sequence<L...>) {
   using IElem = typename S::IElem;
   using Elem = typename S::Elem;
-  const typename S::I partner = {static_cast<IElem>(L ^ H)...};
   // Sign bit set on the lanes that take (partner - own).
   const typename S::V neg = {((L & H) ? Elem(-0.0) : Elem(0.0))...};
+#if defined(__clang__)  // clang has no __builtin_shuffle (the fuzz build, make fuzz)
+  const typename S::V t = __builtin_shufflevector(v, v, static_cast<int>(L ^ H)...);
+#else
+  const typename S::I partner = {static_cast<IElem>(L ^ H)...};
   const typename S::V t = __builtin_shuffle(v, partner);
+#endif
   const typename S::V flipped = (typename S::V)((typename S::I)v ^ (typename S::I)neg);
   v = t + flipped;
 }

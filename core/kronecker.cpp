@@ -265,7 +265,9 @@ at::Tensor KroneckerRotation::run(const at::Tensor& x, bool inverse) const {
   const at::Tensor& right = right_[is_double][inverse];
 
   at::Tensor result;
-  if (n1_ == 1) {
+  if (!flat.is_cpu()) {  // data.device: cuda: the two GEMMs on the tensor's device
+    result = blas_apply(flat, left.to(flat.device()), right.to(flat.device()), n1_, n2_);
+  } else if (n1_ == 1) {
     result = at::mm(flat, right * left);  // left is the 1 x 1 factor
   } else if (n2_ == 1) {
     result = at::mm(flat, left.t() * right);

@@ -34,16 +34,32 @@ struct QuantSpec {
   std::string describe() const;
 };
 
+// How weights are quantized (core/weight_quant.h): round-to-nearest, or GPTQ
+// (core/gptq.h), which spreads each column's rounding error over the later columns
+// using the Hessian of the (rotated) calibration activations.
+enum class WeightQuantizer { rtn, gptq };
+
+// GPTQ's options (method-notes.md section 8). Groups and clipping come from the weight
+// QuantSpec (w_granularity: per_group, w_group_size, w_clip), as for RTN.
+struct GptqOptions {
+  double damp = 0.01;        // H += damp * mean(diag H) * I
+  int64_t block_size = 128;  // columns per lazy block update (the result does not depend on it)
+  bool act_order = false;    // quantize columns in order of decreasing H_ii
+};
+
 // W4A4 by default (method-notes.md section 1): symmetric per-channel weights,
-// asymmetric per-token activations.
+// asymmetric per-token activations, RTN weights.
 struct QuantConfig {
   QuantSpec weight{4, true, Granularity::per_row, 128, 1.0};
   QuantSpec act{4, false, Granularity::per_row, 128, 1.0};
+  WeightQuantizer w_quantizer = WeightQuantizer::rtn;
+  GptqOptions gptq;
 };
 
 // Reads the `quant:` mapping (keys w_bits, a_bits, w_sym, a_sym, w_granularity,
-// a_granularity, w_group_size, a_group_size, w_clip, a_clip, and `rounding: ste|smooth`
-// for both weights and activations).
+// a_granularity, w_group_size, a_group_size, w_clip, a_clip, `rounding: ste|smooth`
+// for both weights and activations, `w_quantizer: rtn|gptq` and
+// `gptq: {damp, block_size, act_order}`).
 QuantConfig parse_quant_config(ConfigReader& reader);
 
 // Every `quant:` key with its effective value (defaults filled in), as text, so two

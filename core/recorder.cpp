@@ -247,7 +247,9 @@ class RunFileWriter {
 
   void write_scalars(H5::Group parent, const std::string& parent_path,
                      const std::map<std::string, double>& values) {
-    for (const auto& [name, value] : values) {
+    for (const auto& entry : values) {  // (C++17 lambdas cannot capture structured bindings; clang rejects it)
+      const std::string& name = entry.first;
+      const double& value = entry.second;
       guarded(file_, join(parent_path, name), [&] {
         parent.createDataSet(name, H5::PredType::IEEE_F64LE, H5::DataSpace(H5S_SCALAR))
             .write(&value, H5::PredType::NATIVE_DOUBLE);
@@ -298,8 +300,9 @@ class RunFileWriter {
                        const std::map<std::string, std::map<std::string, at::Tensor>>& rotations) {
     for (const auto& [site, factors] : rotations) {
       H5::Group g = group(parent, "/rotations", site);
-      for (const auto& [name, tensor] : factors) {
-        at::Tensor matrix = tensor.detach().to(at::kCPU).to(at::kDouble).contiguous();
+      for (const auto& factor : factors) {
+        const std::string& name = factor.first;
+        at::Tensor matrix = factor.second.detach().to(at::kCPU).to(at::kDouble).contiguous();
         guarded(file_, "/rotations/" + site + "/" + name, [&] {
           hsize_t dims[2] = {static_cast<hsize_t>(matrix.size(0)),
                              static_cast<hsize_t>(matrix.size(1))};

@@ -13,6 +13,11 @@ void check_rotation_input(const Rotation& rotation, const at::Tensor& x, const c
                             what, rotation.size(), fmt::join(x.sizes(), ", ")));
 }
 
+std::map<std::string, at::Tensor> Rotation::factors() const {
+  if (orthogonal()) return {{"R", dense()}};
+  return {{"T", dense()}, {"T_w", fuse_into(at::eye(size(), at::kDouble))}};
+}
+
 at::Tensor IdentityRotation::apply(const at::Tensor& x) const {
   check_rotation_input(*this, x, "identity");
   return x;

@@ -26,8 +26,12 @@ class Rotation {
   virtual at::Tensor fuse_into(const at::Tensor& w) const { return apply(w); }
   // R as a dense float64 n x n matrix.
   virtual at::Tensor dense() const = 0;
-  // What is stored under /rotations/SITE: {"R": dense} or {"R1", "R2"} factors.
-  virtual std::map<std::string, at::Tensor> factors() const { return {{"R", dense()}}; }
+  // What is stored under /rotations/SITE: {"R": dense} or {"R1", "R2"} factors. A
+  // transform that is not orthogonal stores {"T": dense, "T_w": fuse_into(I)}: a token
+  // row x maps to x @ T and a weight W to W @ T_w (T_w = T^-T), never W @ T.
+  virtual std::map<std::string, at::Tensor> factors() const;
+  // False for invertible transforms that are not rotations (core/scaling.h): then the
+  // inverse is apply_inverse(), not the transpose, and weights need fuse_into().
   virtual bool orthogonal() const { return true; }
   virtual std::string describe() const = 0;
 };

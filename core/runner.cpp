@@ -3,7 +3,10 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <sys/resource.h>
+
 #include <filesystem>
+#include <functional>
 #include <set>
 
 #include "core/config.h"
@@ -60,6 +63,8 @@ RecordOptions parse_record(ConfigReader reader) {
   r.rotations = reader.get<bool>("rotations", r.rotations);
   r.histogram_bins = reader.get<int>("histogram_bins", r.histogram_bins);
   if (r.histogram_bins < 1) reader.fail("histogram_bins", "must be positive");
+  r.eval_tokens = reader.get<int64_t>("eval_tokens", r.eval_tokens);
+  if (r.eval_tokens < 0) reader.fail("eval_tokens", "must be >= 0 (0: all tokens)");
   reader.finish();
   return r;
 }
@@ -81,9 +86,18 @@ std::map<std::string, double> aggregate_sites(const std::map<std::string, std::m
   return result;
 }
 
-void evaluate_one_site(const PreparedRun& p, const Site& site, bool prefixed, RunRecord& record,
+// The site with X and W on `device` (data.device).
+Site on_device(const Site& site, const std::string& device) {
+  Site moved = site;
+  moved.X = site.X.to(at::Device(device));
+  moved.W = site.W.to(at::Device(device));
+  return moved;
+}
+
+void evaluate_one_site(const PreparedRun& p, const Site& loaded, bool prefixed, RunRecord& record,
                        std::vector<std::string>& warnings) {
-  check_site(site);
+  check_site(loaded);
+  const Site site = p.device == "cpu" ? loaded : on_device(loaded, p.device);  // build and evaluate there
   const std::string prefix = prefixed ? site.name + "." : "";
   auto& metrics = record.site_metrics[site.name];
   RunFitLog log(record, metrics, prefix, p.record.traces, warnings);
@@ -96,7 +110,12 @@ void evaluate_one_site(const PreparedRun& p, const Site& site, bool prefixed, Ru
   EvalOptions options;
   options.histogram_bins = p.record.histograms ? p.record.histogram_bins : 0;
   options.outlier_token_threshold = p.outlier_token_threshold;
-  const SiteEvaluation eval = evaluate_site(site, *rotation, p.quant, options);
+  Site evaluated = site;  // record.eval_tokens: the output error on the first tokens only
+  if (p.record.eval_tokens > 0 && p.record.eval_tokens < site.X.size(0))
+    evaluated.X = site.X.narrow(0, 0, p.record.eval_tokens);
+  const SiteEvaluation eval = evaluate_site(evaluated, *rotation, p.quant, options);
+  record.timing["fuse"] += eval.fuse_seconds;
+  record.timing["quantize"] += eval.weight_quant_seconds;
   record.site_channels[site.name]["absmax_before"] = eval.channel_absmax_before;
   record.site_channels[site.name]["absmax_after"] = eval.channel_absmax_after;
   for (const auto& [name, value] : eval.metrics) metrics[name] = value;
@@ -109,7 +128,17 @@ void evaluate_one_site(const PreparedRun& p, const Site& site, bool prefixed, Ru
   if (p.record.rotations) record.rotations[site.name] = rotation->factors();
 }
 
-RunRecord execute_run(const PreparedRun& p, const std::vector<Site>& sites, double load_seconds) {
+// Site i of `count` (a streaming dataset makes it on demand); adds per-stage seconds to timing.
+using SiteAt = std::function<Site(int64_t index, std::map<std::string, double>& timing)>;
+
+// Peak resident memory of this process so far, MiB (getrusage: ru_maxrss is in KiB on Linux).
+double peak_rss_mib() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+RunRecord execute_run(const PreparedRun& p, int64_t count, const SiteAt& site_at, double load_seconds) {
   const double start = now_seconds();
   RunRecord record;
   record.run_id = p.spec->run_id;
@@ -118,12 +147,18 @@ RunRecord execute_run(const PreparedRun& p, const std::vector<Site>& sites, doub
   record.seed = p.spec->seed;
   record.config_yaml = emit_yaml(p.spec->config);
   std::vector<std::string> warnings;
-  for (const Site& site : sites) {
+  std::map<std::string, double> load_timing;  // a streaming dataset's stages
+  for (int64_t i = 0; i < count; ++i) {
     throw_if_interrupted();
-    evaluate_one_site(p, site, sites.size() > 1, record, warnings);
+    const double load_start = now_seconds();
+    const Site site = site_at(i, load_timing);  // dropped after its evaluation
+    load_seconds += now_seconds() - load_start;
+    evaluate_one_site(p, site, count > 1, record, warnings);
   }
   record.metrics = aggregate_sites(record.site_metrics);
-  if (sites.size() == 1) record.site_metrics.clear();  // /metrics already holds them
+  if (count == 1) record.site_metrics.clear();  // /metrics already holds them
+  for (const auto& [stage, seconds] : load_timing) record.timing[stage] = seconds;
+  if (p.dataset->site_count() >= 0) record.metrics["peak_rss_mib"] = peak_rss_mib();
   if (!warnings.empty()) record.attributes["warnings"] = fmt::format("{}", fmt::join(warnings, "\n"));
   record.timing["load"] = load_seconds;
   record.timing["build"] = record.metrics["build_seconds"];
@@ -164,7 +199,29 @@ void select_shard(std::vector<PreparedRun>& runs, int64_t index, int64_t count) 
   runs = std::move(mine);
 }
 
+// data.device: cpu, cuda or cuda:N; CUDA only when this LibTorch has it.
+std::string parse_device(ConfigReader& data, const std::string& key) {
+  const std::string text = data.get<std::string>(key, "cpu");
+  try {
+    const at::Device device(text);
+    if (device.is_cpu()) return text;
+    if (device.is_cuda()) {
+      if (!at::hasCUDA())
+        data.fail(key, fmt::format("'{}' requested, but this sqlab's LibTorch has no CUDA (Debian's libtorch is "
+                                   "CPU-only): build with -DSQLAB_CUDA=ON -DCMAKE_PREFIX_PATH=/path/to/libtorch-cuda",
+                                   text));
+      return text;
+    }
+  } catch (const c10::Error&) {
+  }
+  data.fail(key, fmt::format("expected cpu, cuda or cuda:N, got '{}'", text));
+}
+
 }  // namespace
+
+void prepare_results_directory(const Experiment& ex, const std::string& out_dir) {
+  prepare_directory(ex, fs::path(out_dir));
+}
 
 std::vector<PreparedRun> prepare_all(const Experiment& ex, const Registries& registries) {
   std::vector<PreparedRun> prepared;
@@ -172,6 +229,12 @@ std::vector<PreparedRun> prepare_all(const Experiment& ex, const Registries& reg
   for (const RunSpec& run : ex.runs) {
     prepared.push_back(prepare_run(ex, run, registries));
     const PreparedRun& p = prepared.back();
+    if (p.model) {  // model-level: files and widths checked once per model/eval/calib block
+      const std::string key = "model:" + yaml_to_flow(run.config["model"]) + yaml_to_flow(run.config["eval"]) +
+                              yaml_to_flow(run.config["calib"]) + "#" + yaml_to_flow(run.config["method"]);
+      if (validated.insert(key).second) registries.model_runs->validate(*p.model, *p.method);
+      continue;
+    }
     if (validated.insert(yaml_to_flow(run.config["data"])).second) p.dataset->validate();
     for (int64_t n : p.dataset->site_widths()) p.method->check_width(n);
   }
@@ -181,14 +244,28 @@ std::vector<PreparedRun> prepare_all(const Experiment& ex, const Registries& reg
 PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registries& registries) {
   PreparedRun p;
   p.spec = &run;
+  // Model-level run (core/model_run.h): the backend reads model, eval, calib and quant.
+  const bool model_level = run.config["model"] && !run.config["model"].IsNull();
+  if (model_level) {
+    if (!registries.model_runs)
+      throw config_error(fmt::format("{}: model: model-level runs are not available in this program", ex.file));
+    if (run.config["data"] && !run.config["data"].IsNull())
+      ConfigReader(run.config["data"], ex.file, "data", run.sources)
+          .fail("source", "an experiment with `model:` evaluates the model; remove `data:` (use "
+                          "`data: {source: model}` without `model:` for site-level runs on its activations)");
+    p.model = registries.model_runs->prepare(ex, run, p.quant);
+    p.data_key = "model";
+  } else {
   ConfigReader data(run.config["data"], ex.file, "data", run.sources);
   p.data_source = data.get<std::string>("source", "");
   p.outlier_token_threshold = data.get<double>("outlier_token_threshold", p.outlier_token_threshold);
   if (!(p.outlier_token_threshold > 0)) data.fail("outlier_token_threshold", "must be positive");
+  p.device = parse_device(data, "device");
   if (!registries.datasets.contains(p.data_source))
     data.fail("source", registries.datasets.unknown_message(p.data_source));
   p.dataset = registries.datasets.create(p.data_source, data);
   p.data_key = yaml_to_flow(run.config["data"]) + fmt::format("#seed={}", run.seed);
+  }
 
   ConfigReader method(run.config["method"], ex.file, "methods." + run.label, run.sources);
   method.raw("label");
@@ -197,8 +274,10 @@ PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registri
     method.fail("method", registries.methods.unknown_message(run.method));
   p.method = registries.methods.create(run.method, method);
 
-  ConfigReader quant(run.config["quant"], ex.file, "quant", run.sources);
-  p.quant = parse_quant_config(quant);
+  if (!model_level) {
+    ConfigReader quant(run.config["quant"], ex.file, "quant", run.sources);
+    p.quant = parse_quant_config(quant);
+  }
   p.record = parse_record(ConfigReader(run.config["record"], ex.file, "record", run.sources));
   return p;
 }
@@ -206,8 +285,10 @@ PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registri
 RunnerResult run_experiment(const Experiment& ex, const Registries& registries, const RunnerOptions& options) {
   std::vector<PreparedRun> prepared = prepare_all(ex, registries);
   select_shard(prepared, options.shard_index, options.shard_count);
+  select_shard(prepared, options.worker_index, options.worker_count);
   const fs::path out(options.out_dir);
-  prepare_directory(ex, out);
+  if (options.worker_count == 1) prepare_directory(ex, out);  // a --jobs worker's parent did it
+  const fs::path summaries = options.summary_dir.empty() ? out : fs::path(options.summary_dir);
 
   RunnerResult result;
   Progress progress(prepared.size(), options.progress);
@@ -227,17 +308,30 @@ RunnerResult run_experiment(const Experiment& ex, const Registries& registries, 
     progress.update(i, p.spec->run_id);
     try {
       double load_seconds = 0.0;
-      if (p.data_key != sites_key) {
+      if (p.model) {
+        RunRecord record = registries.model_runs->execute(p);
+        write_run_file(path, record);
+        row.metrics = record.metrics;
+        row.status = "complete";
+      } else {
+      const uint64_t seed = static_cast<uint64_t>(p.spec->seed);
+      const int64_t streamed = p.dataset->site_count();
+      if (streamed < 0 && p.data_key != sites_key) {
         sites_key.clear();
         const double start = now_seconds();
-        sites = p.dataset->load(static_cast<uint64_t>(p.spec->seed));
+        sites = p.dataset->load(seed);
         load_seconds = now_seconds() - start;
         sites_key = p.data_key;
       }
-      RunRecord record = execute_run(p, sites, load_seconds);
+      const SiteAt site_at = [&](int64_t index, std::map<std::string, double>& timing) {
+        return streamed >= 0 ? p.dataset->load_site(seed, index, timing) : sites[static_cast<size_t>(index)];
+      };
+      RunRecord record = execute_run(p, streamed >= 0 ? streamed : static_cast<int64_t>(sites.size()), site_at,
+                                     load_seconds);
       write_run_file(path, record);
       row.metrics = record.metrics;
       row.status = "complete";
+      }
     } catch (const std::exception& e) {
       if (interrupted()) break;
       row.status = "failed";
@@ -247,11 +341,16 @@ RunnerResult run_experiment(const Experiment& ex, const Registries& registries, 
       fmt::print(stderr, "error: run {} failed: {}\n", p.spec->run_id, e.what());
     }
     result.rows.push_back(row);
-    write_summaries(ex, out, result.rows);
+    write_summaries(ex, summaries, result.rows);
+    if (options.fail_fast && row.status == "failed") {
+      fmt::print(stderr, "sqlab: --fail-fast: stopping after the first failed run ({} of {} not run)\n",
+                 prepared.size() - i - 1, prepared.size());
+      break;
+    }
   }
   progress.finish();
-  write_summaries(ex, out, result.rows);
-  if (interrupted()) result.exit_code = 130;
+  write_summaries(ex, summaries, result.rows);
+  if (interrupted()) result.exit_code = 128 + interrupt_signal();
   return result;
 }
 

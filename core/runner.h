@@ -18,6 +18,10 @@ struct RecordOptions {
   bool traces = true;
   bool rotations = false;
   int histogram_bins = 128;
+  // Output-error metrics on the first N tokens only (0: all). The rotation is still built
+  // from every token and fused into the whole W; at 7B shapes the three T x C_out products
+  // of every site would otherwise dominate a pass (experiments/bench_llama2_7b_shapes.yaml).
+  int64_t eval_tokens = 0;
 };
 
 // One run with its plugins built from the run's configuration.
@@ -29,7 +33,12 @@ struct PreparedRun {
   QuantConfig quant;
   RecordOptions record;
   double outlier_token_threshold = 10.0;  // data.outlier_token_threshold
+  // data.device: where the site's tensors go for the build and the evaluation ("cpu",
+  // "cuda", "cuda:N"; CUDA needs a CUDA LibTorch, README "GPU").
+  std::string device = "cpu";
   std::string data_key;  // equal keys load equal data (cache)
+  // Model-level run (the experiment has `model:`): its plan; no dataset then.
+  std::shared_ptr<const ModelRunPlan> model;
 };
 
 // Reads the run's configuration through the registries; config errors name the
@@ -48,14 +57,24 @@ struct RunnerOptions {
   int64_t shard_index = 0;
   int64_t shard_count = 1;
   bool progress = true;  // on a terminal only (the caller decides)
+  bool fail_fast = false;  // stop at the first failed run (default: keep going)
+  // `sqlab run --jobs N` (app/run_jobs.cpp): worker W of N runs every N-th run of its shard,
+  // leaves the directory to the parent (which prepared it) and writes its summaries to
+  // `summary_dir`; the parent joins them in the runs' order.
+  int64_t worker_index = 0;
+  int64_t worker_count = 1;
+  std::string summary_dir;  // empty: out_dir
 };
 
 struct RunnerResult {
   std::vector<SummaryRow> rows;
-  int exit_code = 0;  // 0 all complete, 1 a run failed, 130 interrupted
+  int exit_code = 0;  // 0 all complete, 1 a run failed, 128 + signal when interrupted (130, 143)
 };
 
 RunnerResult run_experiment(const Experiment& experiment, const Registries& registries,
                             const RunnerOptions& options);
+
+// Creates OUT/runs, removes run files left half-written (*.tmp) and writes OUT/config.yaml.
+void prepare_results_directory(const Experiment& experiment, const std::string& out_dir);
 
 }  // namespace sqlab

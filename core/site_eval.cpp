@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/histogram.h"
 #include "core/metrics.h"
+#include "core/weight_quant.h"
 
 namespace sqlab {
 namespace {
@@ -68,11 +69,16 @@ SiteEvaluation evaluate_site(const Site& site, const Rotation& rotation, const Q
   SiteEvaluation result;
   const auto start = std::chrono::steady_clock::now();
   const at::Tensor xr = rotation.apply(site.X);
+  const auto fuse_start = std::chrono::steady_clock::now();
   const at::Tensor wr = rotation.fuse_into(site.W);
+  result.fuse_seconds = seconds_since(fuse_start);
   result.apply_seconds = seconds_since(start);
 
   const at::Tensor xq = fake_quant(xr, quant.act);
-  const at::Tensor wq = fake_quant(wr, quant.weight);
+  // RTN or GPTQ; GPTQ's Hessian comes from the rotated activations X R.
+  const auto quant_start = std::chrono::steady_clock::now();
+  const at::Tensor wq = quantize_weights(wr, &xr, quant);
+  result.weight_quant_seconds = seconds_since(quant_start);
   const at::Tensor reference = at::matmul(site.X, site.W.t());
   const at::Tensor quantized = at::matmul(xq, wq.t());
 

@@ -21,7 +21,9 @@ struct SiteEvaluation {
   Histogram act_after;   // of X R
   std::vector<double> channel_absmax_before;  // max_t |X_tj| per channel j
   std::vector<double> channel_absmax_after;   // max_t |(XR)_tj|
-  double apply_seconds = 0.0;
+  double apply_seconds = 0.0;         // X R and the weights' W R
+  double fuse_seconds = 0.0;          // W R alone (the weight-side pass: fuse, then quantize)
+  double weight_quant_seconds = 0.0;  // Q(W R)
 };
 
 struct EvalOptions {
@@ -31,7 +33,9 @@ struct EvalOptions {
   double outlier_token_threshold = 10.0;
 };
 
-// Rotates X and W, fake-quantizes both and compares Q(XR) Q(WR)^T with X W^T.
+// Rotates X and fuses the rotation into W (fuse_into: W R, or W T^-T for a transform that
+// is not orthogonal), fake-quantizes both (weights with quant.w_quantizer: RTN, or GPTQ
+// calibrated on X R) and compares Q(XR) Q(WR)^T with X W^T.
 SiteEvaluation evaluate_site(const Site& site, const Rotation& rotation, const QuantConfig& quant,
                              const EvalOptions& options = {});
 

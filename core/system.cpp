@@ -18,8 +18,11 @@ namespace sqlab {
 namespace {
 
 std::atomic<int> g_signals{0};
+std::atomic<int> g_first_signal{0};
 
 void on_signal(int signal) {
+  int none = 0;
+  g_first_signal.compare_exchange_strong(none, signal);
   if (g_signals.fetch_add(1) > 0) {  // second Ctrl-C: stop now
     std::signal(signal, SIG_DFL);
     std::raise(signal);
@@ -40,6 +43,8 @@ void install_interrupt_handlers() {
 }
 
 bool interrupted() { return g_signals.load() > 0; }
+
+int interrupt_signal() { return g_first_signal.load(); }
 
 void throw_if_interrupted() {
   if (interrupted()) throw Error("interrupted");

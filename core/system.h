@@ -11,6 +11,9 @@ void configure_threads();
 // SIGINT/SIGTERM set a flag that long loops poll; a second signal kills at once.
 void install_interrupt_handlers();
 bool interrupted();
+// The first signal that arrived (SIGINT or SIGTERM), 0 when none: a stopped sweep
+// exits with 128 + it (130 for Ctrl-C, 143 for SIGTERM, e.g. a SLURM time limit).
+int interrupt_signal();
 // Throws sqlab::Error("interrupted") when a signal arrived.
 void throw_if_interrupted();
 

@@ -8,6 +8,9 @@ packages=(
   libtorch-dev libyaml-cpp-dev libfmt-dev libhdf5-dev hdf5-tools
   libboost-program-options-dev libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libspdlog-dev
+  # Tokenizers: sentencepiece (wrapper library, model/sentencepiece_wrapper.cpp) and
+  # spm_train/spm_encode for the tokenizer tests.
+  libsentencepiece-dev sentencepiece
   # Speed (toolchain.md): OpenBLAS's OpenMP variant and tcmalloc.
   libopenblas0-openmp libtcmalloc-minimal4
   # Figures: called through /usr/bin/python3.

@@ -1,5 +1,6 @@
-// Every registered method, by being registered: orthogonality, invariance
-// X W^T = (X R)(W R)^T, fast apply against the dense matrix, inverse, determinism.
+// Every registered method, by being registered: orthogonality (or, for an invertible
+// transform such as smoothquant, W -> W T^-T), invariance X W^T = (X R)(W R)^T, fast
+// apply against the dense matrix, inverse, determinism.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -55,10 +56,15 @@ TEST_P(EveryMethod, IsOrthogonalInvariantAndMatchesDense) {
   ASSERT_EQ(r->size(), 64);
   const at::Tensor R = r->dense();
   ASSERT_EQ(R.scalar_type(), at::kDouble);
-  EXPECT_LT((R.t().matmul(R) - at::eye(64, at::kDouble)).abs().max().item<double>(), 1e-10);
-
   const at::Tensor X = site.X.to(at::kDouble), W = site.W.to(at::kDouble);
   const at::Tensor xr = r->apply(X), wr = r->fuse_into(W);
+  if (r->orthogonal()) {
+    EXPECT_LT((R.t().matmul(R) - at::eye(64, at::kDouble)).abs().max().item<double>(), 1e-10);
+  } else {
+    // An invertible transform T (e.g. smoothquant): the weight side is W T^-T.
+    const at::Tensor t_inv_t = at::linalg_inv(R).t();
+    EXPECT_LT(((wr - W.matmul(t_inv_t)).norm() / W.norm()).item<double>(), 1e-10);
+  }
   const at::Tensor y = X.matmul(W.t());
   EXPECT_LT(((xr.matmul(wr.t()) - y).norm() / y.norm()).item<double>(), 1e-10);
   EXPECT_LT(((xr - X.matmul(R)).norm() / X.norm()).item<double>(), 1e-10);
@@ -79,6 +85,11 @@ TEST_P(EveryMethod, RecordsItsFactors) {
   const auto factors = r->factors();
   ASSERT_FALSE(factors.empty());
   if (factors.count("R")) EXPECT_TRUE(at::allclose(factors.at("R").to(at::kDouble), r->dense()));
+  if (factors.count("T")) {  // not orthogonal: x -> x T, W -> W T_w
+    EXPECT_FALSE(r->orthogonal());
+    EXPECT_TRUE(at::allclose(factors.at("T").to(at::kDouble), r->dense()));
+    EXPECT_TRUE(at::allclose(factors.at("T_w").to(at::kDouble), at::linalg_inv(r->dense()).t()));
+  }
   if (factors.count("R1"))
     EXPECT_TRUE(at::allclose(at::kron(factors.at("R1").to(at::kDouble), factors.at("R2").to(at::kDouble)), r->dense()));
 }

@@ -1,0 +1,117 @@
+// The `model` data source: real activations of a LLaMA-architecture model. Calibration
+// text runs through the full-precision model (model/capture.h) and every selected
+// linear site becomes a Site: its input activations X (tokens x n) with its stacked
+// weights W, so every site-level method and metric runs on them unchanged.
+//
+//   data: {source: model, path: CHECKPOINT, format: auto|hf|llama2c, tokenizer: FILE,
+//          text: FILE (or token ids .ids), tokens: 2048, seq_len: 256, bos: true,
+//          layers: [] (all) | [0, 3], sites: [attn_in, attn_out, mlp_in, mlp_out, head] (default: the four
+//          layer sites), fold_norms: false}
+// Sites are named layerL.SITE (attn_in: q/k/v stacked; attn_out: o_proj; mlp_in: gate/up
+// stacked; mlp_out: down_proj) and `head`. fold_norms: true folds the RMSNorm gains into
+// the weights first (what the residual placement sees).
+#include <fmt/format.h>
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "core/config.h"
+#include "core/dataset.h"
+#include "core/error.h"
+#include "model/capture.h"
+#include "model/checkpoint.h"
+#include "model/fold.h"
+#include "model/tokenizer.h"
+
+namespace sqlab {
+namespace {
+
+const std::vector<std::string> kSiteNames = {"attn_in", "attn_out", "mlp_in", "mlp_out", "head"};
+
+LinearSite site_of(const std::string& name) {
+  for (LinearSite s : {LinearSite::attn_in, LinearSite::attn_out, LinearSite::mlp_in, LinearSite::mlp_out, LinearSite::head})
+    if (name == linear_site_name(s)) return s;
+  return LinearSite::head;
+}
+
+class ModelDataset : public Dataset {
+ public:
+  explicit ModelDataset(ConfigReader& r) : where_(r.where("path")) {
+    path_ = file_key(r, "path", true);
+    format_ = r.choice("format", "auto", {"auto", "hf", "llama2c"});
+    tokenizer_ = file_key(r, "tokenizer", false);
+    text_ = file_key(r, "text", true);
+    tokens_ = r.get<int64_t>("tokens", 2048);
+    seq_len_ = r.get<int64_t>("seq_len", 256);
+    if (tokens_ < 1) r.fail("tokens", "must be positive");
+    if (seq_len_ < 1) r.fail("seq_len", "must be positive");
+    bos_ = r.get<bool>("bos", true);
+    layers_ = r.get<std::vector<int64_t>>("layers", {});
+    sites_ = r.get<std::vector<std::string>>("sites", {"attn_in", "attn_out", "mlp_in", "mlp_out"});
+    for (const std::string& s : sites_)
+      if (std::find(kSiteNames.begin(), kSiteNames.end(), s) == kSiteNames.end())
+        r.fail("sites", fmt::format("unknown site '{}' (valid: attn_in, attn_out, mlp_in, mlp_out, head)", s));
+    fold_ = r.get<bool>("fold_norms", false);
+    layers_where_ = r.where("layers");
+  }
+
+  void validate() const override {
+    const LlamaWeights w = load_checkpoint(path_, format_);
+    for (int64_t l : layers_)
+      if (l < 0 || l >= w.config.n_layers)
+        throw config_error(fmt::format("{}: layer {} outside [0, {}) of {}", layers_where_, l, w.config.n_layers, path_));
+    if (tokenizer_.empty() && !(text_.size() > 4 && text_.substr(text_.size() - 4) == ".ids"))
+      throw config_error(fmt::format("{}: a text needs data.tokenizer (or give token ids in a .ids file)", where_));
+  }
+
+  std::vector<Site> load(uint64_t seed) const override {
+    LlamaWeights w = load_checkpoint(path_, format_);
+    if (fold_) fold_norm_gains(w);
+    std::unique_ptr<Tokenizer> tok = tokenizer_.empty() ? nullptr : load_tokenizer(tokenizer_);
+    const std::vector<int64_t> ids = load_eval_tokens(text_, tok.get(), bos_, tokens_);
+    const at::Tensor windows =
+        token_windows(at::tensor(ids, at::kLong), std::min<int64_t>(seq_len_, ids.size()), "data.text");
+    std::vector<SiteKey> keys;
+    for (const SiteKey& key : all_site_keys(w.config, true)) {
+      const bool layer_ok = key.first < 0 || layers_.empty() ||
+                            std::find(layers_.begin(), layers_.end(), key.first) != layers_.end();
+      if (layer_ok && std::find(sites_.begin(), sites_.end(), linear_site_name(key.second)) != sites_.end())
+        keys.push_back(key);
+    }
+    const std::map<SiteKey, at::Tensor> captured = capture_site_inputs(w, windows, keys);
+    std::vector<Site> sites;
+    for (const SiteKey& key : keys)
+      sites.push_back(Site{site_key_name(key), captured.at(key), site_weight(w, key.first, key.second).contiguous(), {}});
+    return sites;
+  }
+
+ private:
+  static std::string file_key(ConfigReader& r, const std::string& key, bool required) {
+    const std::string path = required ? r.require<std::string>(key) : r.get<std::string>(key, "");
+    std::error_code ec;
+    if (!path.empty() && !std::filesystem::exists(path, ec))
+      r.fail(key, fmt::format("no such file '{}' (relative paths are taken from the current directory, {})", path,
+                              std::filesystem::current_path(ec).string()));
+    return path;
+  }
+
+  std::string where_, layers_where_;
+  std::string path_, format_, tokenizer_, text_;
+  int64_t tokens_ = 2048, seq_len_ = 256;
+  bool bos_ = true, fold_ = false;
+  std::vector<int64_t> layers_;
+  std::vector<std::string> sites_;
+};
+
+}  // namespace
+
+void register_model_dataset(DatasetRegistry& registry) {
+  registry.add("model",
+               "activations of a LLaMA model on a calibration text, per linear site (layerL.attn_in|attn_out|mlp_in|"
+               "mlp_out, head); path, format, tokenizer, text, tokens, seq_len, bos, layers, sites, fold_norms",
+               [](ConfigReader& options) { return std::make_unique<ModelDataset>(options); });
+}
+
+}  // namespace sqlab

@@ -1,0 +1,124 @@
+#include "model/fold.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace sqlab {
+
+LlamaWeights clone_weights(const LlamaWeights& w) {
+  LlamaWeights c;
+  c.config = w.config;
+  c.origin = w.origin;
+  c.embedding = w.embedding.clone();
+  c.final_norm = w.final_norm.clone();
+  const bool tied = w.output.defined() && w.output.is_same(w.embedding);
+  c.output = tied ? c.embedding : w.output.clone();
+  for (const LlamaLayer& l : w.layers) {
+    LlamaLayer n;
+    n.attn_norm = l.attn_norm.clone();
+    n.wq = l.wq.clone();
+    n.wk = l.wk.clone();
+    n.wv = l.wv.clone();
+    n.wo = l.wo.clone();
+    n.mlp_norm = l.mlp_norm.clone();
+    n.w_gate = l.w_gate.clone();
+    n.w_up = l.w_up.clone();
+    n.w_down = l.w_down.clone();
+    c.layers.push_back(std::move(n));
+  }
+  return c;
+}
+
+namespace {
+
+// A tied head becomes its own tensor, so that changing it leaves the embedding alone.
+void untie(LlamaWeights& w) {
+  if (w.output.is_same(w.embedding)) w.output = w.embedding.clone();
+  w.config.tied_embeddings = false;
+}
+
+// W diag(g): scales the input columns.
+at::Tensor scale_columns(const at::Tensor& w, const at::Tensor& g) { return w * g.unsqueeze(0); }
+
+// Q^T W_out for a writer W_out (dim x in): (W_out^T Q)^T.
+at::Tensor rotate_writer(const at::Tensor& w, const Rotation& q) { return q.apply(w.t()).t().contiguous(); }
+
+}  // namespace
+
+void fold_norm_gains(LlamaWeights& w) {
+  untie(w);
+  for (LlamaLayer& l : w.layers) {
+    for (at::Tensor* t : {&l.wq, &l.wk, &l.wv}) *t = scale_columns(*t, l.attn_norm);
+    for (at::Tensor* t : {&l.w_gate, &l.w_up}) *t = scale_columns(*t, l.mlp_norm);
+    l.attn_norm = at::ones_like(l.attn_norm);
+    l.mlp_norm = at::ones_like(l.mlp_norm);
+  }
+  w.output = scale_columns(w.output, w.final_norm);
+  w.final_norm = at::ones_like(w.final_norm);
+}
+
+bool norm_gains_folded(const LlamaWeights& w) {
+  auto ones = [](const at::Tensor& g) { return at::equal(g, at::ones_like(g)); };
+  for (const LlamaLayer& l : w.layers)
+    if (!ones(l.attn_norm) || !ones(l.mlp_norm)) return false;
+  return ones(w.final_norm);
+}
+
+void fuse_residual_rotation(LlamaWeights& w, const Rotation& q) {
+  if (!q.orthogonal())
+    throw Error(fmt::format("residual rotation ({}) is not orthogonal: it would not commute with RMSNorm",
+                            q.describe()));
+  if (q.size() != w.config.dim)
+    throw Error(fmt::format("residual rotation of size {} for a model of dim {}", q.size(), w.config.dim));
+  if (!norm_gains_folded(w)) throw Error("fuse_residual_rotation: fold the RMSNorm gains first");
+  untie(w);
+  w.embedding = q.apply(w.embedding).contiguous();
+  for (LlamaLayer& l : w.layers) {
+    for (at::Tensor* t : {&l.wq, &l.wk, &l.wv, &l.w_gate, &l.w_up}) *t = q.fuse_into(*t).contiguous();
+    l.wo = rotate_writer(l.wo, q);
+    l.w_down = rotate_writer(l.w_down, q);
+  }
+  w.output = q.fuse_into(w.output).contiguous();
+}
+
+void fuse_value_head_rotation(LlamaWeights& w, const Rotation& h) {
+  const LlamaConfig& c = w.config;
+  const int64_t hd = c.head_dim();
+  if (!h.orthogonal() || h.size() != hd)
+    throw Error(fmt::format("value head rotation must be orthogonal of size head_dim = {}", hd));
+  for (LlamaLayer& l : w.layers) {
+    // v_h' = v_h H: rows of head h of W_v become H^T W_v,h = (W_v,h^T H)^T.
+    at::Tensor v = l.wv.reshape({c.n_kv_heads, hd, c.dim}).transpose(1, 2);  // KV x dim x hd
+    l.wv = h.apply(v).transpose(1, 2).reshape({c.n_kv_heads * hd, c.dim}).contiguous();
+    // o reads attn_h H: columns of head h of W_o become W_o,h H.
+    at::Tensor o = l.wo.reshape({c.dim, c.n_heads, hd});
+    l.wo = h.fuse_into(o).reshape({c.dim, c.n_heads * hd}).contiguous();
+  }
+}
+
+void fuse_down_input_rotation(LlamaWeights& w, const Rotation& h) {
+  for (LlamaLayer& l : w.layers) l.w_down = h.fuse_into(l.w_down).contiguous();
+}
+
+std::vector<at::Tensor*> site_linears(LlamaWeights& w, int64_t layer, LinearSite site) {
+  if (site == LinearSite::head) return {&w.output};
+  LlamaLayer& l = w.layers.at(layer);
+  switch (site) {
+    case LinearSite::attn_in: return {&l.wq, &l.wk, &l.wv};
+    case LinearSite::attn_out: return {&l.wo};
+    case LinearSite::mlp_in: return {&l.w_gate, &l.w_up};
+    case LinearSite::mlp_out: return {&l.w_down};
+    case LinearSite::head: break;
+  }
+  return {};
+}
+
+at::Tensor site_weight(const LlamaWeights& w, int64_t layer, LinearSite site) {
+  std::vector<at::Tensor> parts;
+  for (at::Tensor* t : site_linears(const_cast<LlamaWeights&>(w), layer, site)) parts.push_back(*t);
+  return at::cat(parts, 0);
+}
+
+}  // namespace sqlab

@@ -1,0 +1,339 @@
+#include "model/model_runner.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <map>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/experiment.h"
+#include "core/run_record.h"
+#include "core/runner.h"
+#include "core/system.h"
+#include "model/capture.h"
+#include "model/checkpoint.h"
+#include "model/model_cayley.h"
+#include "model/perplexity.h"
+#include "model/quantized_model.h"
+#include "model/tokenizer.h"
+
+namespace sqlab {
+namespace {
+
+struct ModelSource {
+  std::string path, format = "auto", tokenizer, device = "cpu";
+};
+struct EvalSettings {
+  std::string text;
+  int64_t seq_len = 0;  // 0: the model's context
+  int64_t stride = 0;   // 0: seq_len (non-overlapping windows)
+  int64_t max_tokens = 0;
+  bool bos = true;
+  int64_t batch = 8;
+};
+struct CalibSettings {
+  std::string text;  // empty: eval.text
+  int64_t tokens = 2048;
+  int64_t seq_len = 0;  // 0: eval.seq_len
+  int64_t fit_tokens = 0;
+};
+
+struct Plan : ModelRunPlan {
+  ModelSource model;
+  EvalSettings eval;
+  CalibSettings calib;
+  ModelQuantConfig quant;
+  std::string file;
+  std::string method_path;
+  YAML::Node method_node;
+  std::shared_ptr<const SourceMap> sources;
+};
+
+std::string existing_file(ConfigReader& r, const std::string& key, bool required) {
+  const std::string path = required ? r.require<std::string>(key) : r.get<std::string>(key, "");
+  std::error_code ec;
+  if (!path.empty() && !std::filesystem::exists(path, ec))
+    r.fail(key, fmt::format("no such file '{}' (relative paths are taken from the current directory, {})", path,
+                            std::filesystem::current_path(ec).string()));
+  return path;
+}
+
+int64_t non_negative(ConfigReader& r, const std::string& key, int64_t fallback) {
+  const int64_t v = r.get<int64_t>(key, fallback);
+  if (v < 0) r.fail(key, "must be >= 0");
+  return v;
+}
+
+std::string emit_yaml(const YAML::Node& node) {
+  YAML::Emitter out;
+  out << node;
+  return std::string(out.c_str()) + "\n";
+}
+
+// What a method reports while fitting, into the run record (site metrics; traces with a
+// "SITE." prefix when the run has several sites).
+class RecordLog : public FitLog {
+ public:
+  RecordLog(RunRecord& record, std::string site, std::string prefix, bool traces)
+      : record_(record), site_(std::move(site)), prefix_(std::move(prefix)), traces_(traces) {}
+  void trace(const std::string& name, int64_t step, double value) override {
+    if (!traces_) return;
+    Trace& t = record_.traces[prefix_ + name];
+    t.step.push_back(step);
+    t.value.push_back(value);
+  }
+  void metric(const std::string& name, double value) override { record_.site_metrics[site_][name] = value; }
+  void warn(const std::string& message) override {
+    fmt::print(stderr, "warning: {} {}: {}\n", record_.run_id, site_, message);
+    warnings.push_back(site_ + ": " + message);
+  }
+  std::vector<std::string> warnings;
+
+ private:
+  RunRecord& record_;
+  std::string site_, prefix_;
+  bool traces_;
+};
+
+class ModelBackend : public ModelRunBackend {
+ public:
+  std::shared_ptr<const ModelRunPlan> prepare(const Experiment& ex, const RunSpec& run,
+                                              QuantConfig& quant) const override;
+  void validate(const ModelRunPlan& plan, const RotationMethod& method) const override;
+  RunRecord execute(const PreparedRun& run) const override;
+
+ private:
+  const LlamaWeights& model(const Plan& plan) const;
+  const Tokenizer* tokenizer(const Plan& plan) const;
+  const std::vector<int64_t>& tokens(const Plan& plan, const std::string& text) const;
+  const PerplexityResult& full_precision(const Plan& plan, const at::Tensor& eval_tokens, int64_t seq_len,
+                                         int64_t stride) const;
+
+  // Caches across the runs of one experiment (runs share models and texts).
+  mutable std::map<std::string, LlamaWeights> models_;
+  mutable std::map<std::string, std::unique_ptr<Tokenizer>> tokenizers_;
+  mutable std::map<std::string, std::vector<int64_t>> tokens_;
+  mutable std::map<std::string, PerplexityResult> fp_;
+};
+
+std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, const RunSpec& run,
+                                                          QuantConfig& quant) const {
+  auto plan = std::make_shared<Plan>();
+  plan->file = ex.file;
+  plan->sources = run.sources;
+  plan->method_node = run.config["method"];
+  plan->method_path = "methods." + run.label;
+  ConfigReader m(run.config["model"], ex.file, "model", run.sources);
+  plan->model.path = existing_file(m, "path", true);
+  plan->model.format = m.choice("format", "auto", {"auto", "hf", "llama2c"});
+  plan->model.tokenizer = existing_file(m, "tokenizer", false);
+  plan->model.device = m.choice("device", "cpu", {"cpu", "cuda"});
+  if (plan->model.device == "cuda" && !at::hasCUDA())
+    m.fail("device", "cuda: this LibTorch has no CUDA (Debian's libtorch-dev is CPU-only; README \"GPU\")");
+  m.finish();
+
+  ConfigReader e(run.config["eval"], ex.file, "eval", run.sources);
+  plan->eval.text = existing_file(e, "text", true);
+  plan->eval.seq_len = non_negative(e, "seq_len", 0);
+  plan->eval.stride = non_negative(e, "stride", 0);
+  plan->eval.max_tokens = non_negative(e, "max_tokens", 0);
+  plan->eval.bos = e.get<bool>("bos", true);
+  plan->eval.batch = e.get<int64_t>("batch", 8);
+  if (plan->eval.batch < 1) e.fail("batch", "must be positive");
+  if (plan->eval.seq_len == 1) e.fail("seq_len", "must be at least 2 (0: the model's context)");
+  if (plan->eval.stride > 0 && plan->eval.seq_len > 0 && plan->eval.stride > plan->eval.seq_len)
+    e.fail("stride", fmt::format("{} is larger than seq_len {}", plan->eval.stride, plan->eval.seq_len));
+  e.finish();
+
+  ConfigReader c(run.config["calib"], ex.file, "calib", run.sources);
+  plan->calib.text = existing_file(c, "text", false);
+  plan->calib.tokens = non_negative(c, "tokens", plan->calib.tokens);
+  plan->calib.seq_len = non_negative(c, "seq_len", 0);
+  plan->calib.fit_tokens = non_negative(c, "fit_tokens", 0);
+  if (plan->calib.tokens == 0) c.fail("tokens", "must be positive");
+  c.finish();
+
+  plan->quant = parse_model_quant_config(run.config["quant"], ex.file, run.sources);
+  quant = plan->quant.quant;
+  if (run.method == "cayley_sgd" && plan->quant.model.placement == Placement::residual)
+    parse_model_cayley_options(plan->method_node, ex.file, plan->method_path, run.sources, 2);
+  return plan;
+}
+
+const LlamaWeights& ModelBackend::model(const Plan& plan) const {
+  const std::string key = plan.model.path + "#" + plan.model.format + "#" + plan.model.device;
+  auto it = models_.find(key);
+  if (it == models_.end()) {
+    LlamaWeights w = load_checkpoint(plan.model.path, plan.model.format);
+    if (plan.model.device == "cuda") {
+      const at::Device cuda(at::kCUDA);
+      w.embedding = w.embedding.to(cuda);
+      w.output = w.config.tied_embeddings ? w.embedding : w.output.to(cuda);
+      w.final_norm = w.final_norm.to(cuda);
+      for (LlamaLayer& l : w.layers)
+        for (at::Tensor* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down})
+          *t = t->to(cuda);
+    }
+    it = models_.emplace(key, std::move(w)).first;
+  }
+  return it->second;
+}
+
+const Tokenizer* ModelBackend::tokenizer(const Plan& plan) const {
+  if (plan.model.tokenizer.empty()) return nullptr;
+  auto it = tokenizers_.find(plan.model.tokenizer);
+  if (it == tokenizers_.end()) it = tokenizers_.emplace(plan.model.tokenizer, load_tokenizer(plan.model.tokenizer)).first;
+  return it->second.get();
+}
+
+const std::vector<int64_t>& ModelBackend::tokens(const Plan& plan, const std::string& text) const {
+  const std::string key = fmt::format("{}#{}#{}", text, plan.model.tokenizer, plan.eval.bos);
+  auto it = tokens_.find(key);
+  if (it == tokens_.end()) it = tokens_.emplace(key, load_eval_tokens(text, tokenizer(plan), plan.eval.bos, 0)).first;
+  return it->second;
+}
+
+const PerplexityResult& ModelBackend::full_precision(const Plan& plan, const at::Tensor& eval_tokens,
+                                                     int64_t seq_len, int64_t stride) const {
+  const std::string key = fmt::format("{}#{}#{}#{}#{}#{}#{}", plan.model.path, plan.model.format, plan.model.tokenizer,
+                                      plan.eval.text, eval_tokens.numel(), seq_len, stride) +
+                          fmt::format("#{}", plan.eval.bos);
+  auto it = fp_.find(key);
+  if (it == fp_.end())
+    it = fp_.emplace(key, perplexity(model(plan), eval_tokens, seq_len, stride, nullptr, plan.eval.batch)).first;
+  return it->second;
+}
+
+void ModelBackend::validate(const ModelRunPlan& base, const RotationMethod& method) const {
+  const Plan& plan = static_cast<const Plan&>(base);
+  const LlamaWeights& w = model(plan);
+  const std::string where = plan.file + ": eval.seq_len";
+  if (plan.eval.seq_len > w.config.max_seq_len)
+    throw config_error(fmt::format("{}: {} exceeds the context of {} ({})", where, plan.eval.seq_len,
+                                   plan.model.path, w.config.max_seq_len));
+  const Tokenizer* tok = tokenizer(plan);
+  if (tok && tok->vocab_size() > w.config.vocab_size)
+    throw config_error(fmt::format("{}: model.tokenizer: {} has {} tokens, the model only {}", plan.file,
+                                   plan.model.tokenizer, tok->vocab_size(), w.config.vocab_size));
+  for (const std::string& text : {plan.eval.text, plan.calib.text})
+    if (!text.empty()) tokens(plan, text);  // tokenizes (and checks) once; cached for the runs
+  method.check_width(w.config.dim);
+  if (plan.quant.model.placement == Placement::online) method.check_width(w.config.hidden_dim);
+}
+
+RunRecord ModelBackend::execute(const PreparedRun& p) const {
+  const double start = now_seconds();
+  const Plan& plan = static_cast<const Plan&>(*p.model);
+  RunRecord record;
+  record.run_id = p.spec->run_id;
+  record.label = p.spec->label;
+  record.method = p.spec->method;
+  record.seed = p.spec->seed;
+  record.config_yaml = emit_yaml(p.spec->config);
+
+  const LlamaWeights& fp = model(plan);
+  const int64_t seq_len = plan.eval.seq_len > 0 ? plan.eval.seq_len : fp.config.max_seq_len;
+  const int64_t stride = plan.eval.stride > 0 ? plan.eval.stride : seq_len;
+  const std::vector<int64_t>& all = tokens(plan, plan.eval.text);
+  const int64_t eval_count = plan.eval.max_tokens > 0 ? std::min<int64_t>(plan.eval.max_tokens, all.size()) : all.size();
+  const at::Tensor eval_tokens = at::tensor(std::vector<int64_t>(all.begin(), all.begin() + eval_count), at::kLong);
+
+  // Calibration windows: after the evaluated tokens when the same text has room.
+  const std::string calib_text = plan.calib.text.empty() ? plan.eval.text : plan.calib.text;
+  const std::vector<int64_t>& calib_all = tokens(plan, calib_text);
+  const int64_t calib_seq = plan.calib.seq_len > 0 ? plan.calib.seq_len : seq_len;
+  int64_t calib_begin = 0;
+  if (calib_text == plan.eval.text && eval_count + plan.calib.tokens <= static_cast<int64_t>(calib_all.size()))
+    calib_begin = eval_count;
+  const int64_t calib_count = std::min<int64_t>(plan.calib.tokens, calib_all.size() - calib_begin);
+  const at::Tensor calib = token_windows(
+      at::tensor(std::vector<int64_t>(calib_all.begin() + calib_begin, calib_all.begin() + calib_begin + calib_count),
+                 at::kLong),
+      std::min(calib_seq, calib_count), "calib");
+  const double load_seconds = now_seconds() - start;
+
+  const PerplexityResult& fp_ppl = full_precision(plan, eval_tokens, seq_len, stride);
+
+  // Build the quantized model.
+  const bool online = plan.quant.model.placement == Placement::online;
+  std::map<std::string, std::unique_ptr<RecordLog>> logs;
+  BuildInputs in;
+  in.method = p.method.get();
+  in.seed = static_cast<uint64_t>(p.spec->seed);
+  in.calib_windows = calib;
+  in.max_fit_tokens = plan.calib.fit_tokens;
+  in.keep_rotations = p.record.rotations;
+  in.rotations_out = &record.rotations;
+  in.log_for = [&](const std::string& site) -> FitLog& {
+    auto& log = logs[site];
+    if (!log) log = std::make_unique<RecordLog>(record, site, online ? site + "." : "", p.record.traces);
+    return *log;
+  };
+  if (p.spec->method == "cayley_sgd" && !online) {
+    const ModelCayleyOptions options = parse_model_cayley_options(plan.method_node, plan.file, plan.method_path,
+                                                                   plan.sources, calib.size(1));
+    in.residual_trainer = [&, options](const LlamaWeights& m, const QuantizedModelHooks& hooks) {
+      return train_residual_rotation(m, hooks, plan.quant.quant, plan.quant.model.head_bits, calib, options,
+                                     in.seed, in.log_for("residual"));
+    };
+  }
+  const double build_start = now_seconds();
+  const QuantizedModel quantized = build_quantized_model(fp, plan.quant, in);
+  const double build_seconds = now_seconds() - build_start;
+  throw_if_interrupted();
+
+  const double eval_start = now_seconds();
+  const PerplexityResult q = perplexity(quantized.weights, eval_tokens, seq_len, stride, quantized.hooks.get(),
+                                        plan.eval.batch);
+  const double eval_seconds = now_seconds() - eval_start;
+
+  // One residual site: its fit metrics (e.g. cayley_sgd's grad_norm_ratio) are the run's,
+  // as a single-site run's are at site level.
+  if (!online && record.site_metrics.size() == 1) {
+    record.metrics = record.site_metrics.begin()->second;
+    record.site_metrics.clear();
+  }
+  record.metrics["ppl"] = q.ppl;
+  record.metrics["nll"] = q.nll_mean;
+  record.metrics["ppl_fp"] = fp_ppl.ppl;
+  record.metrics["nll_fp"] = fp_ppl.nll_mean;
+  record.metrics["ppl_ratio"] = q.ppl / fp_ppl.ppl;
+  record.metrics["tokens"] = static_cast<double>(q.tokens_scored);
+  record.metrics["windows"] = static_cast<double>(q.windows);
+  record.metrics["seq_len"] = static_cast<double>(seq_len);
+  record.metrics["stride"] = static_cast<double>(stride);
+  record.metrics["calib_tokens"] = static_cast<double>(calib.numel());
+  record.metrics["calib_overlaps_eval"] = calib_text == plan.eval.text && calib_begin < eval_count;
+  record.metrics["build_seconds"] = build_seconds;
+  record.metrics["eval_seconds"] = eval_seconds;
+  record.attributes["eval_text"] = plan.eval.text;
+  record.attributes["calib_text"] = calib_text;
+  record.attributes["tokenizer"] = plan.model.tokenizer.empty() ? "(token ids)" : plan.model.tokenizer;
+  record.attributes["model_path"] = plan.model.path;
+  record.attributes["placement"] = placement_name(plan.quant.model.placement);
+  record.attributes["ppl_protocol"] = fmt::format(
+      "text {} tokenized whole (bos {}), first {} tokens; windows of {} tokens, stride {}; {} windows, {} scored "
+      "targets (each once); ppl = exp(mean NLL)",
+      plan.eval.text, plan.eval.bos ? "at the start" : "none", eval_count, seq_len, stride, q.windows, q.tokens_scored);
+  record.attributes["calib_protocol"] =
+      fmt::format("text {}, tokens [{}, {}), windows of {}", calib_text, calib_begin, calib_begin + calib.numel(),
+                  calib.size(1));
+  if (quantized.residual) record.attributes["residual_rotation"] = quantized.residual->describe();
+  std::vector<std::string> warnings;
+  for (const auto& [site, log] : logs) warnings.insert(warnings.end(), log->warnings.begin(), log->warnings.end());
+  if (!warnings.empty()) record.attributes["warnings"] = fmt::format("{}", fmt::join(warnings, "\n"));
+  record.timing["load"] = load_seconds;
+  record.timing["build"] = build_seconds;
+  record.timing["apply"] = eval_seconds;
+  record.timing["total"] = now_seconds() - start;
+  return record;
+}
+
+}  // namespace
+
+std::shared_ptr<const ModelRunBackend> make_model_run_backend() { return std::make_shared<ModelBackend>(); }
+
+}  // namespace sqlab

@@ -1,0 +1,107 @@
+// The W4A4 fake-quantized model that perplexity is measured on, built from a
+// full-precision LLaMA, a rotation method and a placement (README "Model-level runs"):
+//
+//  online   (SingleQuant's and FlatQuant's setting): per layer and site (attn_in,
+//           attn_out, mlp_in, mlp_out) the method is fitted on that site's captured
+//           full-precision inputs X and stacked weights W; its rotation R is fused into
+//           the site's weights (W <- R.fuse_into(W)) and applied online to the site's
+//           input (x <- x R) before the per-token activation quantizer.
+//  residual (QuaRot's and SpinQuant's setting): RMSNorm gains folded into the linears,
+//           one rotation Q of the residual stream (fitted on the stream's normalized
+//           activations, or learned by model-level Cayley SGD) fused into the embedding,
+//           every reading linear (W Q) and writing linear (Q^T W); a per-head Hadamard
+//           fused into v/o (`vo_hadamard`, SpinQuant's R2 as a Hadamard), and an online
+//           Hadamard before down_proj (`down_hadamard`, QuaRot's / SpinQuant's R4).
+//
+// Every linear's weight is fake-quantized (quant.weight, per output channel by default)
+// and every linear's input activation (quant.act, per token). The output head stays in
+// 16 bits unless `head_bits` < 16 (then its weight and input use that many bits, with the
+// granularity and symmetry of quant.weight and quant.act). Embeddings and norms stay in
+// full precision, as in the papers.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "core/config.h"
+#include "core/method.h"
+#include "core/quant.h"
+#include "core/rotation.h"
+#include "model/capture.h"
+#include "model/llama.h"
+
+namespace sqlab {
+
+enum class Placement { online, residual };
+
+struct ModelQuantOptions {
+  Placement placement = Placement::online;
+  int head_bits = 16;
+  bool fold_norms = true;     // online: optional; residual: required
+  bool down_hadamard = true;  // residual only
+  bool vo_hadamard = true;    // residual only
+};
+
+struct ModelQuantConfig {
+  QuantConfig quant;
+  ModelQuantOptions model;
+};
+
+// The model keys of `quant:` (placement, head_bits, fold_norms, down_hadamard,
+// vo_hadamard); the other keys go to parse_quant_config. `path` is "quant".
+ModelQuantConfig parse_model_quant_config(const YAML::Node& quant, const std::string& file,
+                                          std::shared_ptr<const SourceMap> sources);
+
+const char* placement_name(Placement placement);
+
+// Rotates (online rotations) and fake-quantizes the input of every site.
+class QuantizedModelHooks : public ForwardHooks {
+ public:
+  at::Tensor input(int64_t layer, LinearSite site, const at::Tensor& x) override;
+
+  std::map<SiteKey, std::shared_ptr<const Rotation>> rotations;  // online, per site
+  std::shared_ptr<const Rotation> down_rotation;  // every layer's mlp_out (residual placement)
+  QuantSpec act;        // every site but the head
+  QuantSpec head_act;   // the head's input
+  bool ste = false;     // fake_quant_ste (training) instead of fake_quant
+};
+
+struct QuantizedModel {
+  LlamaWeights weights;                       // transformed and weight-quantized
+  std::shared_ptr<QuantizedModelHooks> hooks;
+  std::shared_ptr<const Rotation> residual;   // Q (residual placement)
+};
+
+// The one place where a linear's weight is quantized (RTN by quant.weight now). `inputs`
+// are the calibration activations that enter it (as the evaluated model sees them; may
+// be undefined), for data-aware quantizers such as GPTQ.
+at::Tensor quantize_linear_weight(const at::Tensor& w, const QuantSpec& spec, const QuantConfig& quant,
+                                  const at::Tensor& inputs);
+
+// Learns the residual rotation Q on the model's own loss (model-level Cayley SGD,
+// model/model_cayley.h); given to build_quantized_model for cayley_sgd in the residual
+// placement. `transformed` is the folded model with the fixed rotations fused.
+using ResidualTrainer = std::function<RotationPtr(const LlamaWeights& transformed,
+                                                  const QuantizedModelHooks& hooks_template)>;
+
+struct BuildInputs {
+  const RotationMethod* method = nullptr;
+  uint64_t seed = 0;
+  at::Tensor calib_windows;                            // B x seq_len token ids
+  std::function<FitLog&(const std::string& site)> log_for;  // per site ("residual" too)
+  ResidualTrainer residual_trainer;                    // set: learn Q instead of fitting
+  int64_t max_fit_tokens = 0;                          // 0: every captured token
+  bool keep_rotations = false;                         // fill `rotations_out`
+  std::map<std::string, std::map<std::string, at::Tensor>>* rotations_out = nullptr;
+};
+
+QuantizedModel build_quantized_model(const LlamaWeights& fp, const ModelQuantConfig& config,
+                                     const BuildInputs& inputs);
+
+}  // namespace sqlab

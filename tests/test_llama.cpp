@@ -1,0 +1,238 @@
+// The LLaMA forward pass against an independent per-token reference, grouped-query
+// attention, tied and separate heads, hooks, and perplexity against a direct loop.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "core/random.h"
+#include "model/capture.h"
+#include "model/checkpoint.h"
+#include "model/fold.h"
+#include "model/llama.h"
+#include "model/perplexity.h"
+
+namespace sqlab {
+namespace {
+
+LlamaConfig tiny_config(int64_t heads, int64_t kv_heads, bool tied) {
+  LlamaConfig c;
+  c.dim = 16;
+  c.hidden_dim = 24;
+  c.n_layers = 2;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.vocab_size = 37;
+  c.max_seq_len = 32;
+  c.norm_eps = 1e-5;
+  c.rope_theta = 500.0;  // not the default: the forward must read it
+  c.tied_embeddings = tied;
+  return c;
+}
+
+at::Tensor rms(const at::Tensor& x, const at::Tensor& g, double eps) {
+  return x / std::sqrt(x.pow(2).mean().item<double>() + eps) * g.to(at::kDouble);
+}
+
+// Rotary embedding of one head vector at position t, rotate-half layout: the pair
+// (i, i + hd/2) turns by t * theta^(-2i/hd).
+at::Tensor rope(const at::Tensor& v, int64_t t, double theta) {
+  const int64_t hd = v.size(0), half = hd / 2;
+  at::Tensor out = v.clone();
+  for (int64_t i = 0; i < half; ++i) {
+    const double angle = t * std::pow(theta, -2.0 * i / hd);
+    const double a = v[i].item<double>(), b = v[i + half].item<double>();
+    out[i] = a * std::cos(angle) - b * std::sin(angle);
+    out[i + half] = b * std::cos(angle) + a * std::sin(angle);
+  }
+  return out;
+}
+
+// A straightforward float64 reference: one token at a time, one head at a time,
+// attention as an explicit causal softmax loop.
+at::Tensor reference_logits(const LlamaWeights& w, const std::vector<int64_t>& tokens) {
+  const LlamaConfig& c = w.config;
+  const int64_t T = tokens.size(), hd = c.head_dim(), group = c.n_heads / c.n_kv_heads;
+  auto d = [](const at::Tensor& t) { return t.to(at::kDouble); };
+  std::vector<at::Tensor> x;
+  for (int64_t t : tokens) x.push_back(d(w.embedding[t]));
+  for (const LlamaLayer& L : w.layers) {
+    std::vector<at::Tensor> q(T), k(T), v(T);
+    for (int64_t t = 0; t < T; ++t) {
+      const at::Tensor h = rms(x[t], L.attn_norm, c.norm_eps);
+      q[t] = at::mv(d(L.wq), h);
+      k[t] = at::mv(d(L.wk), h);
+      v[t] = at::mv(d(L.wv), h);
+    }
+    std::vector<at::Tensor> attn(T);
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<at::Tensor> heads;
+      for (int64_t head = 0; head < c.n_heads; ++head) {
+        const int64_t kv = head / group;
+        const at::Tensor qh = rope(q[t].narrow(0, head * hd, hd), t, c.rope_theta);
+        std::vector<double> s;
+        double mx = -1e300;
+        for (int64_t j = 0; j <= t; ++j) {
+          const at::Tensor kh = rope(k[j].narrow(0, kv * hd, hd), j, c.rope_theta);
+          s.push_back(at::dot(qh, kh).item<double>() / std::sqrt(static_cast<double>(hd)));
+          mx = std::max(mx, s.back());
+        }
+        double z = 0.0;
+        for (double& e : s) z += (e = std::exp(e - mx));
+        at::Tensor o = at::zeros({hd}, at::kDouble);
+        for (int64_t j = 0; j <= t; ++j) o += s[j] / z * v[j].narrow(0, kv * hd, hd);
+        heads.push_back(o);
+      }
+      attn[t] = at::cat(heads);
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      x[t] = x[t] + at::mv(d(L.wo), attn[t]);
+      const at::Tensor h = rms(x[t], L.mlp_norm, c.norm_eps);
+      const at::Tensor g = at::mv(d(L.w_gate), h);
+      const at::Tensor act = g / (1.0 + at::exp(-g)) * at::mv(d(L.w_up), h);
+      x[t] = x[t] + at::mv(d(L.w_down), act);
+    }
+  }
+  std::vector<at::Tensor> logits;
+  for (int64_t t = 0; t < T; ++t) logits.push_back(at::mv(d(w.output), rms(x[t], w.final_norm, c.norm_eps)));
+  return at::stack(logits);
+}
+
+double rel_error(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble) - b.to(at::kDouble)).norm().item<double>() / b.to(at::kDouble).norm().item<double>();
+}
+
+void expect_matches_reference(const LlamaConfig& config) {
+  const LlamaWeights w = random_llama(config, 7);
+  const std::vector<int64_t> seq = {1, 5, 36, 0, 12, 12, 3, 30, 9};
+  const at::Tensor tokens = at::tensor(seq, at::kLong).unsqueeze(0);
+  const at::Tensor logits = llama_forward(w, tokens);
+  ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{1, 9, config.vocab_size}));
+  EXPECT_LT(rel_error(logits[0], reference_logits(w, seq)), 1e-5);
+}
+
+TEST(LlamaForward, MatchesPerTokenReferenceMultiHead) { expect_matches_reference(tiny_config(4, 4, false)); }
+
+TEST(LlamaForward, MatchesPerTokenReferenceGroupedQuery) { expect_matches_reference(tiny_config(4, 2, false)); }
+
+TEST(LlamaForward, MatchesPerTokenReferenceMultiQueryTied) { expect_matches_reference(tiny_config(4, 1, true)); }
+
+TEST(LlamaForward, GroupedQueryEqualsRepeatedKeyValueHeads) {
+  // GQA with KV heads repeated into a full multi-head model gives the same logits.
+  const LlamaWeights gqa = random_llama(tiny_config(4, 2, false), 3);
+  LlamaWeights mha = clone_weights(gqa);
+  mha.config.n_kv_heads = 4;
+  const int64_t hd = gqa.config.head_dim();
+  for (LlamaLayer& l : mha.layers) {
+    l.wk = l.wk.view({2, hd, 16}).repeat_interleave(2, 0).reshape({4 * hd, 16});
+    l.wv = l.wv.view({2, hd, 16}).repeat_interleave(2, 0).reshape({4 * hd, 16});
+  }
+  const at::Tensor tokens = at::randint(37, {2, 11}, at::kLong);
+  EXPECT_LT(rel_error(llama_forward(gqa, tokens), llama_forward(mha, tokens)), 1e-6);
+}
+
+TEST(LlamaForward, TiedHeadEqualsSeparateCopyAndBatchesAreIndependent) {
+  const LlamaWeights tied = random_llama(tiny_config(4, 2, true), 5);
+  EXPECT_TRUE(tied.output.is_same(tied.embedding));
+  LlamaWeights separate = clone_weights(tied);
+  separate.output = separate.embedding.clone();
+  separate.config.tied_embeddings = false;
+  const at::Tensor tokens = at::randint(37, {3, 10}, at::kLong);
+  const at::Tensor a = llama_forward(tied, tokens), b = llama_forward(separate, tokens);
+  EXPECT_LT(rel_error(a, b), 1e-7);
+  // A different separate head changes the logits (the head is really read).
+  separate.output = separate.output + 0.5;
+  EXPECT_GT(rel_error(llama_forward(separate, tokens), a), 1e-3);
+  // Row 1 alone gives row 1 of the batch; a row's prefix gives the prefix's logits (causal).
+  EXPECT_LT(rel_error(llama_forward(tied, tokens.narrow(0, 1, 1))[0], a[1]), 1e-5);
+  EXPECT_LT(rel_error(llama_forward(tied, tokens.narrow(1, 0, 4)), a.narrow(1, 0, 4)), 1e-5);
+}
+
+TEST(LlamaForward, HooksSeeEverySiteAndCanReplaceInputs) {
+  const LlamaWeights w = random_llama(tiny_config(4, 2, false), 1);
+  const at::Tensor tokens = at::randint(37, {2, 6}, at::kLong);
+  const std::map<SiteKey, at::Tensor> captured = capture_site_inputs(w, tokens);
+  ASSERT_EQ(captured.size(), 2u * 4u + 1u);
+  EXPECT_EQ(captured.at({0, LinearSite::attn_in}).sizes(), (std::vector<int64_t>{12, 16}));
+  EXPECT_EQ(captured.at({1, LinearSite::mlp_out}).sizes(), (std::vector<int64_t>{12, 24}));
+  EXPECT_EQ(captured.at({-1, LinearSite::head}).size(0), 12);
+  // The head's input times the head's weights is the logits.
+  EXPECT_LT(rel_error(at::mm(captured.at({-1, LinearSite::head}), w.output.t()),
+                      llama_forward(w, tokens).reshape({12, 37})), 1e-6);
+  struct Zero : ForwardHooks {
+    at::Tensor input(int64_t layer, LinearSite site, const at::Tensor& x) override {
+      return site == LinearSite::head ? x * 0 : x;
+    }
+  } zero;
+  EXPECT_EQ(llama_forward(w, tokens, &zero).abs().max().item<double>(), 0.0);
+  EXPECT_STREQ(linear_site_name(LinearSite::mlp_out), "mlp_out");
+  EXPECT_EQ(site_key_name({3, LinearSite::attn_in}), "layer3.attn_in");
+}
+
+TEST(LlamaForward, ConfigCheckAndBadTokens) {
+  LlamaConfig c = tiny_config(4, 3, false);
+  EXPECT_THROW(c.check("x"), Error);
+  c = tiny_config(4, 2, false);
+  c.dim = 12;  // head_dim 3: odd
+  EXPECT_THROW(c.check("x"), Error);
+  c = tiny_config(4, 2, false);
+  EXPECT_NO_THROW(c.check("x"));
+  c.norm_eps = 0;
+  EXPECT_THROW(c.check("x"), Error);
+  const LlamaWeights w = random_llama(tiny_config(4, 2, false), 1);
+  EXPECT_THROW(llama_forward(w, at::full({1, 3}, 37, at::kLong)), Error);
+}
+
+// The direct definition: each window through the model on its own, -log p of every
+// scored target summed one by one.
+double direct_nll(const LlamaWeights& w, const at::Tensor& stream, int64_t seq_len, int64_t stride,
+                  int64_t* scored) {
+  double sum = 0.0;
+  *scored = 0;
+  int64_t done_until = 0;
+  for (int64_t begin = 0; begin + seq_len <= stream.numel(); begin += stride) {
+    const at::Tensor window = stream.narrow(0, begin, seq_len);
+    const at::Tensor logp = at::log_softmax(llama_forward(w, window.unsqueeze(0))[0].to(at::kDouble), -1);
+    for (int64_t target = std::max(begin + 1, done_until); target < begin + seq_len; ++target) {
+      sum -= logp[target - begin - 1][stream[target].item<int64_t>()].item<double>();
+      ++*scored;
+    }
+    done_until = begin + seq_len;
+  }
+  return sum;
+}
+
+TEST(Perplexity, EqualsExpOfMeanTokenNllComputedDirectly) {
+  const LlamaWeights w = random_llama(tiny_config(4, 2, false), 11);
+  const at::Tensor stream = at::randint(37, {53}, make_generator(1, "test"), at::kLong);
+  for (auto [seq_len, stride] : std::vector<std::pair<int64_t, int64_t>>{{8, 8}, {8, 3}, {16, 16}, {10, 1}}) {
+    int64_t scored = 0;
+    const double nll = direct_nll(w, stream, seq_len, stride, &scored);
+    for (int64_t batch : {1, 4}) {
+      const PerplexityResult r = perplexity(w, stream, seq_len, stride, nullptr, batch);
+      EXPECT_EQ(r.tokens_scored, scored) << seq_len << " " << stride;
+      EXPECT_NEAR(r.nll_sum, nll, 1e-6 * std::abs(nll));
+      EXPECT_NEAR(r.ppl, std::exp(nll / scored), 1e-6 * r.ppl);
+    }
+  }
+  // Non-overlapping windows of 8 over 53 tokens: 6 windows, 7 targets each.
+  const PerplexityResult r = perplexity(w, stream, 8, 8);
+  EXPECT_EQ(r.windows, 6);
+  EXPECT_EQ(r.tokens_scored, 42);
+  EXPECT_THROW(perplexity(w, stream.narrow(0, 0, 5), 8, 8), Error);
+  EXPECT_THROW(perplexity_windows(50, 8, 9), Error);
+}
+
+TEST(Perplexity, WindowsScoreEachTargetOnce) {
+  const std::vector<PerplexityWindow> w = perplexity_windows(20, 8, 5);
+  ASSERT_EQ(w.size(), 3u);  // begins 0, 5, 10 (15 + 8 > 20)
+  EXPECT_EQ(w[0].first_scored, 1);
+  EXPECT_EQ(w[1].begin, 5);
+  EXPECT_EQ(w[1].first_scored, 3);  // targets 8..12
+  EXPECT_EQ(w[2].first_scored, 3);  // targets 13..17
+}
+
+}  // namespace
+}  // namespace sqlab
