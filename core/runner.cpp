@@ -241,21 +241,22 @@ std::vector<PreparedRun> prepare_all(const Experiment& ex, const Registries& reg
   return prepared;
 }
 
-PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registries& registries) {
-  PreparedRun p;
-  p.spec = &run;
-  // Model-level run (core/model_run.h): the backend reads model, eval, calib and quant.
-  const bool model_level = run.config["model"] && !run.config["model"].IsNull();
-  if (model_level) {
-    if (!registries.model_runs)
-      throw config_error(fmt::format("{}: model: model-level runs are not available in this program", ex.file));
-    if (run.config["data"] && !run.config["data"].IsNull())
-      ConfigReader(run.config["data"], ex.file, "data", run.sources)
-          .fail("source", "an experiment with `model:` evaluates the model; remove `data:` (use "
-                          "`data: {source: model}` without `model:` for site-level runs on its activations)");
-    p.model = registries.model_runs->prepare(ex, run, p.quant);
-    p.data_key = "model";
-  } else {
+namespace {
+
+// A model-level run (core/model_run.h): the backend reads model, eval, calib and quant.
+void prepare_model_level(PreparedRun& p, const Experiment& ex, const RunSpec& run, const Registries& registries) {
+  if (!registries.model_runs)
+    throw config_error(fmt::format("{}: model: model-level runs are not available in this program", ex.file));
+  if (run.config["data"] && !run.config["data"].IsNull())
+    ConfigReader(run.config["data"], ex.file, "data", run.sources)
+        .fail("source", "an experiment with `model:` evaluates the model; remove `data:` (use "
+                        "`data: {source: model}` without `model:` for site-level runs on its activations)");
+  p.model = registries.model_runs->prepare(ex, run, p.quant);
+  p.data_key = "model";
+}
+
+// A site-level run: its dataset (`data:`) and quantizer (`quant:`).
+void prepare_site_level(PreparedRun& p, const Experiment& ex, const RunSpec& run, const Registries& registries) {
   ConfigReader data(run.config["data"], ex.file, "data", run.sources);
   p.data_source = data.get<std::string>("source", "");
   p.outlier_token_threshold = data.get<double>("outlier_token_threshold", p.outlier_token_threshold);
@@ -265,7 +266,19 @@ PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registri
     data.fail("source", registries.datasets.unknown_message(p.data_source));
   p.dataset = registries.datasets.create(p.data_source, data);
   p.data_key = yaml_to_flow(run.config["data"]) + fmt::format("#seed={}", run.seed);
-  }
+  ConfigReader quant(run.config["quant"], ex.file, "quant", run.sources);
+  p.quant = parse_quant_config(quant);
+}
+
+}  // namespace
+
+PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registries& registries) {
+  PreparedRun p;
+  p.spec = &run;
+  if (run.config["model"] && !run.config["model"].IsNull())
+    prepare_model_level(p, ex, run, registries);
+  else
+    prepare_site_level(p, ex, run, registries);
 
   ConfigReader method(run.config["method"], ex.file, "methods." + run.label, run.sources);
   method.raw("label");
@@ -273,14 +286,38 @@ PreparedRun prepare_run(const Experiment& ex, const RunSpec& run, const Registri
   if (!registries.methods.contains(run.method))
     method.fail("method", registries.methods.unknown_message(run.method));
   p.method = registries.methods.create(run.method, method);
-
-  if (!model_level) {
-    ConfigReader quant(run.config["quant"], ex.file, "quant", run.sources);
-    p.quant = parse_quant_config(quant);
-  }
   p.record = parse_record(ConfigReader(run.config["record"], ex.file, "record", run.sources));
   return p;
 }
+
+namespace {
+
+// The sites of the last site-level run, reused while the next run's data (and seed) is
+// the same; a streaming dataset makes each site on demand instead.
+struct SiteCache {
+  std::vector<Site> sites;
+  std::string key;
+};
+
+RunRecord execute_site_level(const PreparedRun& p, SiteCache& cache) {
+  const uint64_t seed = static_cast<uint64_t>(p.spec->seed);
+  const int64_t streamed = p.dataset->site_count();
+  double load_seconds = 0.0;
+  if (streamed < 0 && p.data_key != cache.key) {
+    cache.key.clear();
+    const double start = now_seconds();
+    cache.sites = p.dataset->load(seed);
+    load_seconds = now_seconds() - start;
+    cache.key = p.data_key;
+  }
+  const SiteAt site_at = [&](int64_t index, std::map<std::string, double>& timing) {
+    return streamed >= 0 ? p.dataset->load_site(seed, index, timing) : cache.sites[static_cast<size_t>(index)];
+  };
+  const int64_t count = streamed >= 0 ? streamed : static_cast<int64_t>(cache.sites.size());
+  return execute_run(p, count, site_at, load_seconds);
+}
+
+}  // namespace
 
 RunnerResult run_experiment(const Experiment& ex, const Registries& registries, const RunnerOptions& options) {
   std::vector<PreparedRun> prepared = prepare_all(ex, registries);
@@ -292,8 +329,7 @@ RunnerResult run_experiment(const Experiment& ex, const Registries& registries, 
 
   RunnerResult result;
   Progress progress(prepared.size(), options.progress);
-  std::vector<Site> sites;
-  std::string sites_key;
+  SiteCache cache;
   for (size_t i = 0; i < prepared.size(); ++i) {
     const PreparedRun& p = prepared[i];
     if (interrupted()) break;
@@ -307,31 +343,10 @@ RunnerResult run_experiment(const Experiment& ex, const Registries& registries, 
     }
     progress.update(i, p.spec->run_id);
     try {
-      double load_seconds = 0.0;
-      if (p.model) {
-        RunRecord record = registries.model_runs->execute(p);
-        write_run_file(path, record);
-        row.metrics = record.metrics;
-        row.status = "complete";
-      } else {
-      const uint64_t seed = static_cast<uint64_t>(p.spec->seed);
-      const int64_t streamed = p.dataset->site_count();
-      if (streamed < 0 && p.data_key != sites_key) {
-        sites_key.clear();
-        const double start = now_seconds();
-        sites = p.dataset->load(seed);
-        load_seconds = now_seconds() - start;
-        sites_key = p.data_key;
-      }
-      const SiteAt site_at = [&](int64_t index, std::map<std::string, double>& timing) {
-        return streamed >= 0 ? p.dataset->load_site(seed, index, timing) : sites[static_cast<size_t>(index)];
-      };
-      RunRecord record = execute_run(p, streamed >= 0 ? streamed : static_cast<int64_t>(sites.size()), site_at,
-                                     load_seconds);
+      const RunRecord record = p.model ? registries.model_runs->execute(p) : execute_site_level(p, cache);
       write_run_file(path, record);
       row.metrics = record.metrics;
       row.status = "complete";
-      }
     } catch (const std::exception& e) {
       if (interrupted()) break;
       row.status = "failed";

@@ -132,14 +132,14 @@ class DuQuantMethod : public RotationMethod {
     return chain;
   }
 
-  void check_width(int64_t n) const override {
-    if (n % block_size_for(n) != 0)
-      throw config_error(fmt::format("duquant: block_size {} does not divide the site width {}", o_.block_size, n));
-  }
-
  private:
-  // A site narrower than a block is one block.
-  int64_t block_size_for(int64_t n) const { return std::min(o_.block_size, n); }
+  // The largest divisor of n not above block_size: a site narrower than a block is one
+  // block, and a width such as 172 (stories260K's MLP) still tiles (blocks of 86).
+  int64_t block_size_for(int64_t n) const {
+    for (int64_t b = std::min(o_.block_size, n); b > 1; --b)
+      if (n % b == 0) return b;
+    return 1;
+  }
   DuQuantOptions o_;
 };
 

@@ -1,5 +1,7 @@
 #include "model/quantized_model.h"
 
+#include "core/weight_quant.h"
+
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
@@ -61,7 +63,9 @@ at::Tensor QuantizedModelHooks::input(int64_t layer, LinearSite site, const at::
 at::Tensor quantize_linear_weight(const at::Tensor& w, const QuantSpec& spec, const QuantConfig& quant,
                                   const at::Tensor& inputs) {
   if (!spec.enabled()) return w;
-  return fake_quant(w, spec);
+  QuantConfig for_this = quant;  // the head may use its own bit width
+  for_this.weight = spec;
+  return quantize_weights(w, inputs.defined() ? &inputs : nullptr, for_this);
 }
 
 namespace {
@@ -138,6 +142,35 @@ void build_residual(LlamaWeights& w, QuantizedModelHooks& hooks, const ModelQuan
   out.residual = std::shared_ptr<const Rotation>(std::move(q));
 }
 
+// Every linear's weight, layer by layer in order. A data-aware quantizer (GPTQ) gets
+// each linear's calibration inputs as the evaluated model produces them with the layers
+// before it already weight-quantized (activations unquantized meanwhile), as GPTQ, QuaRot
+// and SpinQuant calibrate; RTN needs no inputs and no forward passes.
+void quantize_all_weights(LlamaWeights& weights, const QuantizedModelHooks& hooks, const QuantConfig& quant,
+                          int head_bits, const at::Tensor& calib_windows) {
+  const bool data_aware = quant.w_quantizer != WeightQuantizer::rtn;
+  QuantizedModelHooks rotate_only = hooks;
+  rotate_only.act.bits = rotate_only.head_act.bits = 16;
+  const QuantSpec head_weight = with_bits(quant.weight, head_bits);
+  std::vector<int64_t> layers;
+  for (int64_t l = 0; l < weights.config.n_layers; ++l) layers.push_back(l);
+  if (head_bits < 16) layers.push_back(-1);
+  const std::vector<SiteKey> keys = all_site_keys(weights.config, head_bits < 16);
+  for (int64_t layer : layers) {
+    throw_if_interrupted();
+    std::vector<SiteKey> mine;
+    for (const SiteKey& key : keys)
+      if (key.first == layer) mine.push_back(key);
+    const std::map<SiteKey, at::Tensor> inputs =
+        data_aware ? capture_site_inputs(weights, calib_windows, mine, &rotate_only) : std::map<SiteKey, at::Tensor>{};
+    for (const SiteKey& key : mine) {
+      const QuantSpec& spec = key.second == LinearSite::head ? head_weight : quant.weight;
+      const at::Tensor x = data_aware ? inputs.at(key) : at::Tensor();
+      for (at::Tensor* t : site_linears(weights, key.first, key.second)) *t = quantize_linear_weight(*t, spec, quant, x);
+    }
+  }
+}
+
 }  // namespace
 
 QuantizedModel build_quantized_model(const LlamaWeights& fp, const ModelQuantConfig& config, const BuildInputs& in) {
@@ -156,21 +189,7 @@ QuantizedModel build_quantized_model(const LlamaWeights& fp, const ModelQuantCon
   else
     build_residual(out.weights, hooks, config, in, out);
 
-  // Weights last, each with the inputs the evaluated model gives it (rotations on,
-  // quantization off) for data-aware weight quantizers.
-  const bool head_quantized = config.model.head_bits < 16;
-  std::map<SiteKey, at::Tensor> inputs;
-  {
-    QuantizedModelHooks rotate_only = hooks;
-    rotate_only.act.bits = rotate_only.head_act.bits = 16;
-    inputs = capture_site_inputs(out.weights, in.calib_windows, {}, &rotate_only);
-  }
-  const QuantSpec head_weight = with_bits(quant.weight, config.model.head_bits);
-  for (const SiteKey& key : all_site_keys(out.weights.config, head_quantized)) {
-    const QuantSpec& spec = key.second == LinearSite::head ? head_weight : quant.weight;
-    for (at::Tensor* t : site_linears(out.weights, key.first, key.second))
-      *t = quantize_linear_weight(*t, spec, quant, inputs.at(key));
-  }
+  quantize_all_weights(out.weights, hooks, quant, config.model.head_bits, in.calib_windows);
   return out;
 }
 

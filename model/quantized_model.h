@@ -78,7 +78,7 @@ struct QuantizedModel {
   std::shared_ptr<const Rotation> residual;   // Q (residual placement)
 };
 
-// The one place where a linear's weight is quantized (RTN by quant.weight now). `inputs`
+// The one place where a linear's weight is quantized (core/weight_quant: RTN or GPTQ). `inputs`
 // are the calibration activations that enter it (as the evaluated model sees them; may
 // be undefined), for data-aware quantizers such as GPTQ.
 at::Tensor quantize_linear_weight(const at::Tensor& w, const QuantSpec& spec, const QuantConfig& quant,

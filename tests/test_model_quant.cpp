@@ -13,9 +13,11 @@
 #include "core/config.h"
 #include "tests/test_util.h"
 #include "core/error.h"
+#include "core/gptq.h"
 #include "core/hadamard.h"
 #include "core/random.h"
 #include "methods/builtin.h"
+#include "model/capture.h"
 #include "model/checkpoint.h"
 #include "model/fold.h"
 #include "model/model_cayley.h"
@@ -165,6 +167,45 @@ TEST(ModelQuant, W4A4QuantizesEveryLinearButTheHead) {
   // head_bits: 4 quantizes the head too.
   QuantizedModel with_head = build(fp, quant_config("{head_bits: 4}"), *method, log);
   EXPECT_LE(std::get<0>(at::_unique(with_head.weights.output[0])).numel(), 16);
+}
+
+// GPTQ at model level: layer l is calibrated on the inputs the model gives it with
+// layers 0..l-1 already weight-quantized (not on the full-precision model's inputs).
+TEST(ModelQuant, GptqCalibratesLayerByLayerOnTheQuantizedPrefix) {
+  const LlamaWeights fp = random_llama(tiny_config(), 6);
+  const auto method = make_method("{method: identity}");
+  NullLog log;
+  const ModelQuantConfig q =
+      quant_config("{placement: online, fold_norms: false, a_bits: 16, w_quantizer: gptq, gptq: {block_size: 8}}");
+  const QuantizedModel model = build(fp, q, *method, log);
+  QuantizedModelHooks no_act = *model.hooks;  // identity rotations; activations stay unquantized
+  no_act.act.bits = no_act.head_act.bits = 16;
+
+  // Layer 0 sees the full-precision embedding output.
+  const SiteKey up0{0, LinearSite::mlp_in};
+  const at::Tensor x0 = capture_site_inputs(fp, calib_windows(), {up0}, &no_act).at(up0);
+  const at::Tensor expected0 = gptq_quantize(fp.layers[0].w_up, gptq_hessian(x0), q.quant.weight, q.quant.gptq);
+  EXPECT_LT(rel_error(model.weights.layers[0].w_up, expected0), 1e-6);
+
+  // Layer 1 sees the output of the weight-quantized layer 0.
+  LlamaWeights prefix = fp;
+  prefix.layers[0] = model.weights.layers[0];
+  const SiteKey up1{1, LinearSite::mlp_in};
+  const at::Tensor x1 = capture_site_inputs(prefix, calib_windows(), {up1}, &no_act).at(up1);
+  const at::Tensor expected1 = gptq_quantize(fp.layers[1].w_up, gptq_hessian(x1), q.quant.weight, q.quant.gptq);
+  EXPECT_LT(rel_error(model.weights.layers[1].w_up, expected1), 1e-6);
+  // ... which is not what the full-precision inputs would give.
+  const at::Tensor x1_fp = capture_site_inputs(fp, calib_windows(), {up1}, &no_act).at(up1);
+  const at::Tensor from_fp = gptq_quantize(fp.layers[1].w_up, gptq_hessian(x1_fp), q.quant.weight, q.quant.gptq);
+  EXPECT_GT(rel_error(expected1, from_fp), 1e-4);
+
+  // And GPTQ's weights give a lower calibration loss than RTN's.
+  const QuantizedModel rtn =
+      build(fp, quant_config("{placement: online, fold_norms: false, a_bits: 16}"), *method, log);
+  const at::Tensor windows = calib_windows();
+  const at::Tensor ref = llama_forward(fp, windows);
+  EXPECT_LT(rel_error(llama_forward(model.weights, windows, model.hooks.get()), ref),
+            rel_error(llama_forward(rtn.weights, windows, rtn.hooks.get()), ref));
 }
 
 TEST(ModelQuant, ConfigKeysAreChecked) {
