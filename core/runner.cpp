@@ -12,6 +12,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "core/record_fit_log.h"
 #include "core/recorder.h"
 #include "core/site_eval.h"
 #include "core/system.h"
@@ -20,35 +21,6 @@ namespace sqlab {
 namespace fs = std::filesystem;
 namespace {
 
-// Collects what a method reports during fit into the run record. With several
-// sites, trace and histogram names get a "SITE." prefix.
-class RunFitLog : public FitLog {
- public:
-  RunFitLog(RunRecord& record, std::map<std::string, double>& site_metrics, std::string prefix,
-            bool keep_traces, std::vector<std::string>& warnings)
-      : record_(record), site_metrics_(site_metrics), prefix_(std::move(prefix)),
-        keep_traces_(keep_traces), warnings_(warnings) {}
-
-  void trace(const std::string& name, int64_t step, double value) override {
-    if (!keep_traces_) return;
-    Trace& t = record_.traces[prefix_ + name];
-    t.step.push_back(step);
-    t.value.push_back(value);
-  }
-  void metric(const std::string& name, double value) override { site_metrics_[name] = value; }
-  void warn(const std::string& message) override {
-    const std::string text = fmt::format("{} {}{}", record_.run_id, prefix_, message);
-    fmt::print(stderr, "warning: {}\n", text);
-    warnings_.push_back(text);
-  }
-
- private:
-  RunRecord& record_;
-  std::map<std::string, double>& site_metrics_;
-  std::string prefix_;
-  bool keep_traces_;
-  std::vector<std::string>& warnings_;
-};
 
 std::string emit_yaml(const YAML::Node& node) {
   YAML::Emitter out;
@@ -95,12 +67,12 @@ Site on_device(const Site& site, const std::string& device) {
 }
 
 void evaluate_one_site(const PreparedRun& p, const Site& loaded, bool prefixed, RunRecord& record,
-                       std::vector<std::string>& warnings) {
+                       RunWarnings& warnings) {
   check_site(loaded);
   const Site site = p.device == "cpu" ? loaded : on_device(loaded, p.device);  // build and evaluate there
   const std::string prefix = prefixed ? site.name + "." : "";
   auto& metrics = record.site_metrics[site.name];
-  RunFitLog log(record, metrics, prefix, p.record.traces, warnings);
+  RecordFitLog log(record, metrics, prefixed ? site.name : "", prefix, p.record.traces, warnings);
   const double start = now_seconds();
   RotationPtr rotation = p.method->fit(FitContext{site, p.quant, static_cast<uint64_t>(p.spec->seed), log});
   const double build = now_seconds() - start;
@@ -146,7 +118,7 @@ RunRecord execute_run(const PreparedRun& p, int64_t count, const SiteAt& site_at
   record.method = p.spec->method;
   record.seed = p.spec->seed;
   record.config_yaml = emit_yaml(p.spec->config);
-  std::vector<std::string> warnings;
+  RunWarnings warnings(p.spec->run_id);
   std::map<std::string, double> load_timing;  // a streaming dataset's stages
   for (int64_t i = 0; i < count; ++i) {
     throw_if_interrupted();
@@ -159,7 +131,7 @@ RunRecord execute_run(const PreparedRun& p, int64_t count, const SiteAt& site_at
   if (count == 1) record.site_metrics.clear();  // /metrics already holds them
   for (const auto& [stage, seconds] : load_timing) record.timing[stage] = seconds;
   if (p.dataset->site_count() >= 0) record.metrics["peak_rss_mib"] = peak_rss_mib();
-  if (!warnings.empty()) record.attributes["warnings"] = fmt::format("{}", fmt::join(warnings, "\n"));
+  warnings.store(record);
   record.timing["load"] = load_seconds;
   record.timing["build"] = record.metrics["build_seconds"];
   record.timing["apply"] = record.metrics["apply_seconds"];

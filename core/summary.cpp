@@ -39,6 +39,19 @@ std::string last_part(const std::string& dotted) {
   return dot == std::string::npos ? dotted : dotted.substr(dot + 1);
 }
 
+// A swept value as a table shows it: a file path by its file name (eval.text sweeps).
+std::string shown_value(const std::string& value) {
+  const size_t slash = value.rfind('/');
+  return slash == std::string::npos || slash + 1 == value.size() ? value : value.substr(slash + 1);
+}
+
+// mean ± stderr; a standard error that is rounding noise of a deterministic method's
+// mean (1e-15 of it) shows as 0.
+std::string mean_pm_stderr(double mean, double stderr_) {
+  if (std::abs(stderr_) < 1e-12 * std::abs(mean)) stderr_ = 0.0;
+  return fmt::format("{:.4g} ± {:.2g}", mean, stderr_);
+}
+
 nlohmann::json point_json(const std::vector<std::pair<std::string, std::string>>& point) {
   nlohmann::json j = nlohmann::json::object();
   for (const auto& [k, v] : point) j[k] = v;
@@ -164,7 +177,7 @@ std::vector<std::string> headline_metrics(const std::vector<SummaryRow>& rows) {
   // The split follows the overall error: one error over all tokens hides what a method
   // does for the few tokens that carry massive outliers.
   static const std::vector<std::string> kHeadline = {
-      "rel_output_error", "rel_output_error_outlier_tokens", "rel_output_error_other_tokens", "ppl", "sqnr_db",
+      "rel_output_error", "rel_output_error_outlier_tokens", "rel_output_error_other_tokens", "ppl", "ppl_fp", "sqnr_db",
       "act_absmax", "act_kurtosis", "build_seconds"};
   std::set<std::string> present;
   for (const auto& row : rows)
@@ -181,7 +194,7 @@ std::string metrics_table(const std::vector<SummaryRow>& rows, const std::vector
   size_t width = 5;
   for (const auto& g : groups) {
     std::string name = g.label;
-    for (const auto& [k, v] : g.point) name += fmt::format(" {}={}", last_part(k), v);
+    for (const auto& [k, v] : g.point) name += fmt::format(" {}={}", last_part(k), shown_value(v));
     width = std::max(width, name.size());
     names.push_back(name);
   }
@@ -197,7 +210,7 @@ std::string metrics_table(const std::vector<SummaryRow>& rows, const std::vector
       auto it = groups[i].metrics.find(metrics[j]);
       const std::string cell = it == groups[i].metrics.end()
                                    ? "-"
-                                   : fmt::format("{:.4g} ± {:.2g}", it->second.first, it->second.second);
+                                   : mean_pm_stderr(it->second.first, it->second.second);
       // "±" is two bytes and one column: pad by display width, not by bytes.
       const size_t shown = cell.size() - (it == groups[i].metrics.end() ? 0 : 1);
       out << std::string(2 + (column[j] > shown ? column[j] - shown : 0), ' ') << cell;
@@ -235,7 +248,7 @@ std::string metrics_markdown(const std::vector<SummaryRow>& rows, const std::vec
     out << " " << g.runs << " |";
     for (const auto& m : metrics) {
       auto it = g.metrics.find(m);
-      out << " " << (it == g.metrics.end() ? "-" : fmt::format("{:.4g} ± {:.2g}", it->second.first, it->second.second))
+      out << " " << (it == g.metrics.end() ? "-" : mean_pm_stderr(it->second.first, it->second.second))
           << " |";
     }
     out << "\n";

@@ -9,6 +9,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/record_fit_log.h"
 #include "core/experiment.h"
 #include "core/run_record.h"
 #include "core/runner.h"
@@ -73,30 +74,6 @@ std::string emit_yaml(const YAML::Node& node) {
   return std::string(out.c_str()) + "\n";
 }
 
-// What a method reports while fitting, into the run record (site metrics; traces with a
-// "SITE." prefix when the run has several sites).
-class RecordLog : public FitLog {
- public:
-  RecordLog(RunRecord& record, std::string site, std::string prefix, bool traces)
-      : record_(record), site_(std::move(site)), prefix_(std::move(prefix)), traces_(traces) {}
-  void trace(const std::string& name, int64_t step, double value) override {
-    if (!traces_) return;
-    Trace& t = record_.traces[prefix_ + name];
-    t.step.push_back(step);
-    t.value.push_back(value);
-  }
-  void metric(const std::string& name, double value) override { record_.site_metrics[site_][name] = value; }
-  void warn(const std::string& message) override {
-    fmt::print(stderr, "warning: {} {}: {}\n", record_.run_id, site_, message);
-    warnings.push_back(site_ + ": " + message);
-  }
-  std::vector<std::string> warnings;
-
- private:
-  RunRecord& record_;
-  std::string site_, prefix_;
-  bool traces_;
-};
 
 class ModelBackend : public ModelRunBackend {
  public:
@@ -259,7 +236,8 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
 
   // Build the quantized model.
   const bool online = plan.quant.model.placement == Placement::online;
-  std::map<std::string, std::unique_ptr<RecordLog>> logs;
+  std::map<std::string, std::unique_ptr<RecordFitLog>> logs;
+  RunWarnings warnings(p.spec->run_id);
   BuildInputs in;
   in.method = p.method.get();
   in.seed = static_cast<uint64_t>(p.spec->seed);
@@ -269,7 +247,9 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   in.rotations_out = &record.rotations;
   in.log_for = [&](const std::string& site) -> FitLog& {
     auto& log = logs[site];
-    if (!log) log = std::make_unique<RecordLog>(record, site, online ? site + "." : "", p.record.traces);
+    if (!log)
+      log = std::make_unique<RecordFitLog>(record, record.site_metrics[site], site, online ? site + "." : "",
+                                           p.record.traces, warnings);
     return *log;
   };
   if (p.spec->method == "cayley_sgd" && !online) {
@@ -322,9 +302,7 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
       fmt::format("text {}, tokens [{}, {}), windows of {}", calib_text, calib_begin, calib_begin + calib.numel(),
                   calib.size(1));
   if (quantized.residual) record.attributes["residual_rotation"] = quantized.residual->describe();
-  std::vector<std::string> warnings;
-  for (const auto& [site, log] : logs) warnings.insert(warnings.end(), log->warnings.begin(), log->warnings.end());
-  if (!warnings.empty()) record.attributes["warnings"] = fmt::format("{}", fmt::join(warnings, "\n"));
+  warnings.store(record);
   record.timing["load"] = load_seconds;
   record.timing["build"] = build_seconds;
   record.timing["apply"] = eval_seconds;
