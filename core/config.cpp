@@ -236,6 +236,15 @@ std::string ConfigReader::location_of(const std::string& full_path, const YAML::
   }
 }
 
+std::string ConfigReader::existing_path(const std::string& key, bool required) {
+  const std::string path = required ? require<std::string>(key) : get<std::string>(key, "");
+  std::error_code ec;
+  if (!path.empty() && !std::filesystem::exists(path, ec))
+    fail(key, fmt::format("no such file '{}' (relative paths are taken from the current directory, {})", path,
+                          std::filesystem::current_path(ec).string()));
+  return path;
+}
+
 std::string ConfigReader::where(const std::string& key) const {
   const YAML::Node node = has(key) ? node_[key] : node_;
   return location_of(key_path(key), node) + ": " + key_path(key);

@@ -73,6 +73,10 @@ class ConfigReader {
     return convert<T>(key, value);
   }
 
+  // A file or directory path that must exist ("" when absent and not `required`); relative
+  // paths are taken from the current directory, and the error says so.
+  std::string existing_path(const std::string& key, bool required = true);
+
   // A string that must be one of `choices`; the error lists them.
   std::string choice(const std::string& key, const std::string& fallback,
                      const std::vector<std::string>& choices);

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_nesting.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian");
 
@@ -62,25 +63,6 @@ const DtypeInfo* dtype_of(at::ScalarType type) {
 }
 
 std::string shape_text(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
-
-// nlohmann's values are destroyed recursively: refuse absurd nesting before parsing.
-void check_nesting(const char* text, size_t size, const std::string& origin) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < size; ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > 32) fail(origin, "header JSON is nested deeper than 32 levels");
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-}
 
 uint64_t read_u64(const json& value, const std::string& origin, const std::string& name, const char* what) {
   if (!value.is_number_unsigned())
@@ -179,7 +161,7 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, size_t availabl
     fail(origin, fmt::format("header length {} exceeds the file ({} bytes)", length, file_size));
   if (available < 8 + length) fail(origin, "header is truncated");
   const char* text = reinterpret_cast<const char*>(bytes + 8);
-  check_nesting(text, length, origin);
+  if (json_nesting_depth(text, length) > 32) fail(origin, "header JSON is nested deeper than 32 levels");
   json header;
   try {
     header = json::parse(text, text + length);

@@ -1,5 +1,7 @@
 #include "core/stiefel.h"
 
+#include "core/method.h"
+
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
@@ -160,6 +162,15 @@ CayleyStepStats CayleySGD::step(const std::vector<at::Tensor>& params, const std
   stats.grad_norm = std::sqrt(riemann_sq);
   ++step_;
   return stats;
+}
+
+void trace_cayley_step(FitLog& log, int64_t step, double loss, const CayleyStepStats& stats) {
+  log.trace("loss", step, loss);
+  log.trace("grad_norm", step, stats.grad_norm);
+  log.trace("euclid_grad_norm", step, stats.euclid_grad_norm);
+  log.trace("lr", step, stats.lr);
+  log.trace("step_size", step, stats.step_size);
+  log.trace("orth_error", step, stats.orth_error);
 }
 
 }  // namespace sqlab

@@ -72,6 +72,12 @@ struct CayleyStepStats {
   bool reorthonormalized = false;
 };
 
+class FitLog;
+
+// The traces of one step (the paper's Fig. 2 and its diagnostics), the same at site level
+// and model level: loss, grad_norm, euclid_grad_norm, lr, step_size, orth_error.
+void trace_cayley_step(FitLog& log, int64_t step, double loss, const CayleyStepStats& stats);
+
 class CayleySGD {
  public:
   // `seed` drives the random re-orthonormalization draws.

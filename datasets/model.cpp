@@ -30,19 +30,13 @@ namespace {
 
 const std::vector<std::string> kSiteNames = {"attn_in", "attn_out", "mlp_in", "mlp_out", "head"};
 
-LinearSite site_of(const std::string& name) {
-  for (LinearSite s : {LinearSite::attn_in, LinearSite::attn_out, LinearSite::mlp_in, LinearSite::mlp_out, LinearSite::head})
-    if (name == linear_site_name(s)) return s;
-  return LinearSite::head;
-}
-
 class ModelDataset : public Dataset {
  public:
   explicit ModelDataset(ConfigReader& r) : where_(r.where("path")) {
-    path_ = file_key(r, "path", true);
+    path_ = r.existing_path("path");
     format_ = r.choice("format", "auto", {"auto", "hf", "llama2c"});
-    tokenizer_ = file_key(r, "tokenizer", false);
-    text_ = file_key(r, "text", true);
+    tokenizer_ = r.existing_path("tokenizer", false);
+    text_ = r.existing_path("text");
     tokens_ = r.get<int64_t>("tokens", 2048);
     seq_len_ = r.get<int64_t>("seq_len", 256);
     if (tokens_ < 1) r.fail("tokens", "must be positive");
@@ -88,15 +82,6 @@ class ModelDataset : public Dataset {
   }
 
  private:
-  static std::string file_key(ConfigReader& r, const std::string& key, bool required) {
-    const std::string path = required ? r.require<std::string>(key) : r.get<std::string>(key, "");
-    std::error_code ec;
-    if (!path.empty() && !std::filesystem::exists(path, ec))
-      r.fail(key, fmt::format("no such file '{}' (relative paths are taken from the current directory, {})", path,
-                              std::filesystem::current_path(ec).string()));
-    return path;
-  }
-
   std::string where_, layers_where_;
   std::string path_, format_, tokenizer_, text_;
   int64_t tokens_ = 2048, seq_len_ = 256;

@@ -56,11 +56,8 @@ SiteFileOptions parse_site_file_options(ConfigReader& reader) {
 }
 
 std::string require_existing_file(ConfigReader& reader, const std::string& key) {
-  const std::string path = reader.require<std::string>(key);
+  const std::string path = reader.existing_path(key);
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec))
-    reader.fail(key, fmt::format("no such file '{}' (relative paths are taken from the current directory, {})", path,
-                                 std::filesystem::current_path(ec).string()));
   if (std::filesystem::is_directory(path, ec)) reader.fail(key, fmt::format("'{}' is a directory, not a file", path));
   return path;
 }

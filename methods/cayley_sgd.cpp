@@ -305,12 +305,7 @@ Trajectory CayleySgdMethod::train(const Problem& problem, std::vector<at::Tensor
     const CayleyStepStats stats = optimizer.step(params, grads);
     t.loss.push_back(value);
     t.grad_norm.push_back(stats.grad_norm);
-    log.trace("loss", step, value);
-    log.trace("grad_norm", step, stats.grad_norm);
-    log.trace("euclid_grad_norm", step, stats.euclid_grad_norm);
-    log.trace("lr", step, stats.lr);
-    log.trace("step_size", step, stats.step_size);
-    log.trace("orth_error", step, stats.orth_error);
+    trace_cayley_step(log, step, value, stats);
   }
   t.seconds = now_seconds() - start;
   return t;

@@ -14,6 +14,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/json_nesting.h"
 #include "core/safetensors.h"
 #include "model/checkpoint.h"
 
@@ -30,27 +31,8 @@ constexpr const char* kIndexFile = "model.safetensors.index.json";
   throw config_error(fmt::format("{}: {}", origin, message));
 }
 
-// nlohmann destroys values recursively: refuse absurd nesting before parsing.
-void check_nesting(const std::string& text, const std::string& origin) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > 32) fail(origin, "JSON is nested deeper than 32 levels");
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-}
-
 json parse_json_object(const std::string& text, const std::string& origin) {
-  check_nesting(text, origin);
+  if (json_nesting_depth(text.data(), text.size()) > 32) fail(origin, "JSON is nested deeper than 32 levels");
   json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded()) fail(origin, "not valid JSON");
   if (!root.is_object()) fail(origin, fmt::format("expected a JSON object, got {}", root.type_name()));

@@ -145,12 +145,7 @@ RotationPtr train_residual_rotation(const LlamaWeights& model, const QuantizedMo
     const CayleyStepStats stats = optimizer.step(R, grad);
     losses.push_back(value);
     grads.push_back(stats.grad_norm);
-    log.trace("loss", step, value);
-    log.trace("grad_norm", step, stats.grad_norm);
-    log.trace("euclid_grad_norm", step, stats.euclid_grad_norm);
-    log.trace("lr", step, stats.lr);
-    log.trace("step_size", step, stats.step_size);
-    log.trace("orth_error", step, stats.orth_error);
+    trace_cayley_step(log, step, value, stats);
   }
   const double seconds = now_seconds() - start;
   const at::Tensor chosen = (o.keep_best && best.defined() ? best : R.detach()).to(at::kDouble);

@@ -53,14 +53,6 @@ struct Plan : ModelRunPlan {
   std::shared_ptr<const SourceMap> sources;
 };
 
-std::string existing_file(ConfigReader& r, const std::string& key, bool required) {
-  const std::string path = required ? r.require<std::string>(key) : r.get<std::string>(key, "");
-  std::error_code ec;
-  if (!path.empty() && !std::filesystem::exists(path, ec))
-    r.fail(key, fmt::format("no such file '{}' (relative paths are taken from the current directory, {})", path,
-                            std::filesystem::current_path(ec).string()));
-  return path;
-}
 
 int64_t non_negative(ConfigReader& r, const std::string& key, int64_t fallback) {
   const int64_t v = r.get<int64_t>(key, fallback);
@@ -104,16 +96,16 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   plan->method_node = run.config["method"];
   plan->method_path = "methods." + run.label;
   ConfigReader m(run.config["model"], ex.file, "model", run.sources);
-  plan->model.path = existing_file(m, "path", true);
+  plan->model.path = m.existing_path("path");
   plan->model.format = m.choice("format", "auto", {"auto", "hf", "llama2c"});
-  plan->model.tokenizer = existing_file(m, "tokenizer", false);
+  plan->model.tokenizer = m.existing_path("tokenizer", false);
   plan->model.device = m.choice("device", "cpu", {"cpu", "cuda"});
   if (plan->model.device == "cuda" && !at::hasCUDA())
     m.fail("device", "cuda: this LibTorch has no CUDA (Debian's libtorch-dev is CPU-only; README \"GPU\")");
   m.finish();
 
   ConfigReader e(run.config["eval"], ex.file, "eval", run.sources);
-  plan->eval.text = existing_file(e, "text", true);
+  plan->eval.text = e.existing_path("text");
   plan->eval.seq_len = non_negative(e, "seq_len", 0);
   plan->eval.stride = non_negative(e, "stride", 0);
   plan->eval.max_tokens = non_negative(e, "max_tokens", 0);
@@ -126,7 +118,7 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   e.finish();
 
   ConfigReader c(run.config["calib"], ex.file, "calib", run.sources);
-  plan->calib.text = existing_file(c, "text", false);
+  plan->calib.text = c.existing_path("text", false);
   plan->calib.tokens = non_negative(c, "tokens", plan->calib.tokens);
   plan->calib.seq_len = non_negative(c, "seq_len", 0);
   plan->calib.fit_tokens = non_negative(c, "fit_tokens", 0);

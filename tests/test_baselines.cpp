@@ -484,7 +484,9 @@ sweep:
   // --set reaches a step by index too
   const Experiment set = load_experiment(file, {"methods.c.steps.0.random_signs=false"});
   for (const RunSpec& run : set.runs)
-    if (run.label == "c") EXPECT_FALSE(run.config["method"]["steps"][0]["random_signs"].as<bool>());
+    if (run.label == "c") {
+      EXPECT_FALSE(run.config["method"]["steps"][0]["random_signs"].as<bool>());
+    }
 }
 
 }  // namespace

@@ -173,9 +173,10 @@ DirectoryState check_results(const fs::path& out, const std::set<std::string>& p
       return state;
     }
     for (const auto& run : summary["runs"])
-      if (run["status"] == "complete")
+      if (run["status"] == "complete") {
         EXPECT_TRUE(state.complete.count(run["run_id"].get<std::string>()))
             << when << ": summary.json lists " << run["run_id"] << " as complete but its file is not";
+      }
   }
   return state;
 }
@@ -262,7 +263,9 @@ TEST(KillTest, RandomKillsNeverLeaveAHalfWrittenResult) {
     ++by_signal[sig];
     const DirectoryState state = check_results(out, planned, when);
     if (state.tmp_files > 0) ++stops_with_tmp;
-    if (sig != SIGKILL && child.exited()) EXPECT_EQ(state.tmp_files, 0) << when << ": a clean stop left a .tmp";
+    if (sig != SIGKILL && child.exited()) {
+      EXPECT_EQ(state.tmp_files, 0) << when << ": a clean stop left a .tmp";
+    }
     if (::testing::Test::HasFatalFailure() || ::testing::Test::HasFailure()) {
       std::cerr << when << " (mode " << mode << ", delay " << delay << " s): stderr of sqlab:\n" << child.err() << "\n";
       return;

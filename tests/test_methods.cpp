@@ -84,14 +84,17 @@ TEST_P(EveryMethod, RecordsItsFactors) {
   const RotationPtr r = fit(GetParam(), test_site(), 1);
   const auto factors = r->factors();
   ASSERT_FALSE(factors.empty());
-  if (factors.count("R")) EXPECT_TRUE(at::allclose(factors.at("R").to(at::kDouble), r->dense()));
+  if (factors.count("R")) {
+    EXPECT_TRUE(at::allclose(factors.at("R").to(at::kDouble), r->dense()));
+  }
   if (factors.count("T")) {  // not orthogonal: x -> x T, W -> W T_w
     EXPECT_FALSE(r->orthogonal());
     EXPECT_TRUE(at::allclose(factors.at("T").to(at::kDouble), r->dense()));
     EXPECT_TRUE(at::allclose(factors.at("T_w").to(at::kDouble), at::linalg_inv(r->dense()).t()));
   }
-  if (factors.count("R1"))
+  if (factors.count("R1")) {
     EXPECT_TRUE(at::allclose(at::kron(factors.at("R1").to(at::kDouble), factors.at("R2").to(at::kDouble)), r->dense()));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllMethods, EveryMethod, ::testing::ValuesIn(registry().names()),

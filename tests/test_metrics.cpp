@@ -48,7 +48,7 @@ TEST(Histograms, CountsEverythingOnSymmetricEdges) {
 
 Site random_site(int64_t t, int64_t n, int64_t c) {
   at::manual_seed(7);
-  return Site{"s", at::randn({t, n}), at::randn({c, n})};
+  return Site{"s", at::randn({t, n}), at::randn({c, n}), {}};
 }
 
 TEST(SiteEvaluation, NoQuantizationNoError) {

@@ -126,8 +126,12 @@ TEST(ModelQuant, FusedRotationsAt16BitsGiveFullPrecisionLogits) {
       const double err = rel_error(llama_forward(model.weights, tokens, model.hooks.get()), reference);
       EXPECT_LT(err, 1e-4) << placement << " " << m;
       std::printf("[ invariance ] %-8s %-46s rel. logit error %.2e\n", placement.c_str(), m.c_str(), err);
-      if (placement == "online") EXPECT_EQ(model.hooks->rotations.size(), 8u) << m;
-      if (placement == "residual") EXPECT_TRUE(model.residual != nullptr) << m;
+      if (placement == "online") {
+        EXPECT_EQ(model.hooks->rotations.size(), 8u) << m;
+      }
+      if (placement == "residual") {
+        EXPECT_TRUE(model.residual != nullptr) << m;
+      }
     }
   }
   // online without folding the gains: also exact.
