@@ -244,7 +244,7 @@ TEST(KillTest, RandomKillsNeverLeaveAHalfWrittenResult) {
     } else {  // inside the runs: after 1-3 more files, a moment into the next run
       const size_t target = done_before + files_of(rng);
       delay = in_run(rng);
-      ready = [&] { return count_files(out / "runs", ".h5") >= target; };
+      ready = [&, target] { return count_files(out / "runs", ".h5") >= target; };  // target: a copy (block-local)
     }
     while (!ready() && !child.poll()) std::this_thread::sleep_for(std::chrono::microseconds(300));
     if (mode != 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
