@@ -10,6 +10,9 @@ build=${1:?usage: fuzz/run_fuzzers.sh BUILD_DIR SECONDS [TARGET...]}
 seconds=${2:-60}
 shift 2 || true
 root=$(cd "$(dirname "$0")/.." && pwd)
+# Absolute: the experiment target works in its own temporary directory (relative `data:`
+# paths stay there), so corpus and artifact paths must not depend on the cwd.
+mkdir -p "$build" && build=$(cd "$build" && pwd)
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(experiment_yaml experiment safetensors_header npy_header llama2c_header hf_config llama2c_tokenizer)
