@@ -8,6 +8,7 @@
 #include "core/config.h"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -42,10 +43,15 @@ struct Experiment {
   std::vector<RunSpec> runs;
 };
 
+// Checks one run's configuration (core/runner.h prepare_run: every key of its blocks).
+using RunCheck = std::function<void(const Experiment&, const RunSpec&)>;
+
 // Loads, merges presets, applies overrides ("a.b.c=value", or "GROUP=FRAGMENT" for a
 // group that `defaults:` names) and expands. Throws config errors that
-// name the file, line and key.
-Experiment load_experiment(const std::string& file, const std::vector<std::string>& overrides);
+// name the file, line and key. `check_first` sees the first sweep point's runs (first
+// seed) before the other points are expanded, so a bad key in a large sweep fails at once.
+Experiment load_experiment(const std::string& file, const std::vector<std::string>& overrides,
+                           const RunCheck& check_first = {});
 
 // Sets `dotted` in `root` (creating mappings on the way). In the `methods` list a
 // part selects the entry by label or index. `origin` names the source in errors.

@@ -15,6 +15,7 @@ namespace {
 struct DefaultsEntry {
   std::string group;  // empty: the fragment merges at the root
   std::string name;
+  YAML::Mark mark;  // where the entry is written (for errors)
 };
 
 std::vector<DefaultsEntry> parse_defaults(const YAML::Node& document, const std::string& file) {
@@ -28,9 +29,9 @@ std::vector<DefaultsEntry> parse_defaults(const YAML::Node& document, const std:
   if (!list.IsSequence()) throw bad(list);
   for (const auto& entry : list) {
     if (entry.IsScalar()) {
-      entries.push_back({"", entry.Scalar()});
+      entries.push_back({"", entry.Scalar(), entry.Mark()});
     } else if (entry.IsMap() && entry.size() == 1 && entry.begin()->second.IsScalar()) {
-      entries.push_back({entry.begin()->first.as<std::string>(), entry.begin()->second.Scalar()});
+      entries.push_back({entry.begin()->first.as<std::string>(), entry.begin()->second.Scalar(), entry.Mark()});
     } else {
       throw bad(entry);
     }
@@ -52,6 +53,13 @@ std::vector<std::string> available_fragments(const std::string& group, const std
 
 std::string chain_text(const std::vector<std::string>& chain) { return fmt::format("{}", fmt::join(chain, " -> ")); }
 
+// "a.yaml -> b.yaml:3:5": the files that led here, with the entry's line in the last one.
+std::string entry_location(const std::vector<std::string>& chain, const DefaultsEntry& entry) {
+  const YAML::Mark& mark = entry.mark;
+  return mark.is_null() ? chain_text(chain)
+                        : fmt::format("{}:{}:{}", chain_text(chain), mark.line + 1, mark.column + 1);
+}
+
 std::string find_fragment(const DefaultsEntry& entry, const std::vector<std::string>& search,
                           const std::vector<std::string>& chain) {
   const fs::path relative = entry.group.empty() ? fs::path(entry.name + ".yaml")
@@ -61,7 +69,7 @@ std::string find_fragment(const DefaultsEntry& entry, const std::vector<std::str
     if (fs::is_regular_file(fs::path(dir) / relative, ec)) return (fs::path(dir) / relative).string();
   }
   const std::string label = entry.group.empty() ? entry.name : entry.group + ": " + entry.name;
-  std::string message = fmt::format("{}: defaults: no fragment '{}' ({} not found in {})", chain_text(chain),
+  std::string message = fmt::format("{}: defaults: no fragment '{}' ({} not found in {})", entry_location(chain, entry),
                                     label, relative.string(), fmt::join(search, ", "));
   if (!entry.group.empty()) {
     const auto names = available_fragments(entry.group, search);
@@ -92,7 +100,7 @@ void resolve_into(const YAML::Node& document, const std::string& file, const std
     const std::string path = find_fragment(entry, search, chain);
     for (const auto& seen : chain)
       if (fs::equivalent(seen, path))
-        throw config_error(fmt::format("cycle in defaults: {} -> {}", chain_text(chain), path));
+        throw config_error(fmt::format("{}: defaults: cycle in defaults back to {}", entry_location(chain, entry), path));
     const YAML::Node fragment = load_yaml_file(path);
     if (!fragment.IsNull() && !fragment.IsMap())
       throw config_error(fmt::format("{} -> {}: a fragment must be a mapping, got '{}'", chain_text(chain), path,

@@ -195,6 +195,10 @@ void prepare_results_directory(const Experiment& ex, const std::string& out_dir)
   prepare_directory(ex, fs::path(out_dir));
 }
 
+RunCheck prepare_check(const Registries& registries) {
+  return [&registries](const Experiment& ex, const RunSpec& run) { prepare_run(ex, run, registries); };
+}
+
 std::vector<PreparedRun> prepare_all(const Experiment& ex, const Registries& registries) {
   std::vector<PreparedRun> prepared;
   std::set<std::string> validated;  // data blocks, whatever the seed
@@ -230,7 +234,7 @@ void prepare_model_level(PreparedRun& p, const Experiment& ex, const RunSpec& ru
 // A site-level run: its dataset (`data:`) and quantizer (`quant:`).
 void prepare_site_level(PreparedRun& p, const Experiment& ex, const RunSpec& run, const Registries& registries) {
   ConfigReader data(run.config["data"], ex.file, "data", run.sources);
-  p.data_source = data.get<std::string>("source", "");
+  p.data_source = data.require<std::string>("source");
   p.outlier_token_threshold = data.get<double>("outlier_token_threshold", p.outlier_token_threshold);
   if (!(p.outlier_token_threshold > 0)) data.fail("outlier_token_threshold", "must be positive");
   p.device = parse_device(data, "device");

@@ -45,6 +45,9 @@ struct PreparedRun {
 // experiment file, the line and the key.
 PreparedRun prepare_run(const Experiment& experiment, const RunSpec& run, const Registries& registries);
 
+// For load_experiment: prepare_run as the check of the first sweep point's runs.
+RunCheck prepare_check(const Registries& registries);
+
 // prepare_run for every run, and each distinct data source validated once: all
 // configuration errors surface before the first run starts.
 std::vector<PreparedRun> prepare_all(const Experiment& experiment, const Registries& registries);

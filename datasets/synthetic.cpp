@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <cfloat>
 #include <cmath>
 
 #include "core/random.h"
@@ -87,6 +88,14 @@ void check_indices(ConfigReader& reader, const std::string& key, const std::vect
       reader.fail(key, fmt::format("{} {} out of range [0, {})", what, i, limit));
 }
 
+// The activations are float32: a value beyond its range would become inf when the data is
+// built, so it is a configuration error that names the key, not a run-time failure.
+double float32_value(ConfigReader& reader, const std::string& key, double value) {
+  if (!(std::abs(value) <= FLT_MAX))
+    reader.fail(key, fmt::format("{} does not fit in float32 (largest {:g})", value, FLT_MAX));
+  return value;
+}
+
 void parse_massive(ConfigReader massive, SyntheticOptions& o) {
   o.massive_count = massive.get<int64_t>("count", o.massive_count);
   if (massive.has("magnitude")) {
@@ -94,6 +103,7 @@ void parse_massive(ConfigReader massive, SyntheticOptions& o) {
     o.massive_magnitude = m.IsSequence() ? massive.get<std::vector<double>>("magnitude", {})
                                          : std::vector<double>{massive.get<double>("magnitude", 0)};
     if (o.massive_magnitude.empty()) massive.fail("magnitude", "must not be empty");
+    for (double value : o.massive_magnitude) float32_value(massive, "magnitude", value);
   }
   o.massive_tokens = massive.get<std::vector<int64_t>>("tokens", o.massive_tokens);
   o.massive_channels = massive.get<std::vector<int64_t>>("channels", o.massive_channels);
@@ -111,8 +121,8 @@ void parse_massive(ConfigReader massive, SyntheticOptions& o) {
 
 void parse_normal(ConfigReader normal, SyntheticOptions& o) {
   o.normal_count = normal.get<int64_t>("count", o.normal_count);
-  o.normal_scale = normal.get<double>("scale", o.normal_scale);
-  o.normal_offset = normal.get<double>("offset", o.normal_offset);
+  o.normal_scale = float32_value(normal, "scale", normal.get<double>("scale", o.normal_scale));
+  o.normal_offset = float32_value(normal, "offset", normal.get<double>("offset", o.normal_offset));
   if (o.normal_count < 0 || o.normal_count + o.massive_count > o.channels)
     normal.fail("count", fmt::format("must be in [0, {}]", o.channels - o.massive_count));
   normal.finish();
@@ -132,7 +142,7 @@ SyntheticOptions parse_synthetic_options(ConfigReader& reader) {
   if (o.sites < 1) reader.fail("sites", "must be positive");
   ConfigReader bulk = reader.child("bulk");
   o.bulk_dof = bulk.get<double>("dof", o.bulk_dof);
-  o.bulk_scale = bulk.get<double>("scale", o.bulk_scale);
+  o.bulk_scale = float32_value(bulk, "scale", bulk.get<double>("scale", o.bulk_scale));
   if (o.bulk_dof > 0 && o.bulk_dof <= 2) bulk.fail("dof", "must be > 2 (finite variance) or 0 (Gaussian)");
   bulk.finish();
   parse_massive(reader.child("massive"), o);

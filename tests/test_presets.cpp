@@ -113,7 +113,7 @@ TEST(Presets, ErrorsNameTheFileChain) {
   EXPECT_NE(msg.find("a.yaml -> "), std::string::npos) << msg;
 
   msg = error_of(write(dir, "missing.yaml", std::string("defaults: [{data: nope}]\n") + kMethods));
-  EXPECT_NE(msg.find("missing.yaml: defaults: no fragment 'data: nope'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("missing.yaml:1:12: defaults: no fragment 'data: nope'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("llama2_7b_like"), std::string::npos) << msg;  // lists what exists
 
   write(dir, "configs/data/list.yaml", "[1, 2]\n");
