@@ -13,15 +13,12 @@
 
 #include "core/error.h"
 #include "core/hadamard_matrices.h"
-
-// The kernel passes GCC vector-extension types between always-inline helpers; whether they
-// are ymm/zmm or pairs of xmm registers depends on the target each entry point is built for.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "core/simd_gemm.h"
 
 namespace sqlab {
 namespace {
 
-#define SQLAB_ALWAYS_INLINE inline __attribute__((always_inline))
+using simd::Simd;
 
 // ---------------------------------------------------------------------------------------------
 // Fast Walsh-Hadamard kernel.
@@ -32,34 +29,6 @@ namespace {
 // unit == 1 already does the butterflies inside one SIMD register (distances 1 .. W/2, lane
 // shuffles); the remaining stages run as radix-8/4/2 passes, first inside L1-sized blocks of the
 // row, then across blocks. Rows are independent (at::parallel_for over rows).
-
-template <class T>
-struct IntOf;
-template <>
-struct IntOf<float> {
-  using type = int32_t;
-};
-template <>
-struct IntOf<double> {
-  using type = int64_t;
-};
-
-template <class T, int VB>
-struct Simd {
-  using Elem = T;
-  using IElem = typename IntOf<T>::type;
-  static constexpr int W = VB / static_cast<int>(sizeof(T));
-  typedef T V __attribute__((vector_size(VB)));
-  typedef IElem I __attribute__((vector_size(VB)));
-
-  static SQLAB_ALWAYS_INLINE V load(const T* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  }
-  static SQLAB_ALWAYS_INLINE void store(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
-  static SQLAB_ALWAYS_INLINE V splat(T a) { return V{} + a; }
-};
 
 // Butterfly between lanes l and l ^ H of one register: lane l gets x[l & ~H] +- x[l | H].
 template <class S, int H, size_t... L>
@@ -181,77 +150,12 @@ SQLAB_ALWAYS_INLINE void stages(typename S::Elem* p, int64_t len, int64_t h_from
 
 // The m x m part: out (p x m) = in (p x m) H for one row (p runs of m channels). H is stored
 // padded to `stride` >= m columns (zeros beyond m, stride a multiple of 16 elements), so every
-// load of H is a whole register. Register blocking: RA runs x NC registers of output columns,
-// accumulated over the m inputs.
-//
-// Stores are whole registers too: the last register of a run may spill up to W - 1 elements
-// into the head of the next run(s). Column blocks go from the last to the first and runs in
-// increasing order, so every spill is overwritten by the correct head afterwards; a register
-// that would cross the end of the row stores only its own run's elements.
-template <class S, int RA, int NC>
-SQLAB_ALWAYS_INLINE void base_block(const typename S::Elem* in, typename S::Elem* out,
-                                    const typename S::Elem* h, int64_t m, int64_t stride,
-                                    int64_t col, const typename S::Elem* end) {
-  using T = typename S::Elem;
-  using V = typename S::V;
-  V acc[RA][NC];
-#pragma GCC unroll 16
-  for (int r = 0; r < RA; ++r)
-#pragma GCC unroll 16
-    for (int j = 0; j < NC; ++j) acc[r][j] = V{};
-  for (int64_t b = 0; b < m; ++b) {
-    V hv[NC];
-#pragma GCC unroll 16
-    for (int j = 0; j < NC; ++j) hv[j] = S::load(h + b * stride + col + j * S::W);
-#pragma GCC unroll 16
-    for (int r = 0; r < RA; ++r) {
-      const V xb = S::splat(in[r * m + b]);
-#pragma GCC unroll 16
-      for (int j = 0; j < NC; ++j) acc[r][j] += xb * hv[j];
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < RA; ++r)
-#pragma GCC unroll 16
-    for (int j = 0; j < NC; ++j) {
-      const int64_t c = col + j * S::W;
-      if (c >= m) continue;  // padding only
-      T* dst = out + r * m + c;
-      if (dst + S::W <= end) {
-        S::store(dst, acc[r][j]);
-      } else {
-        T lanes[S::W];
-        std::memcpy(lanes, &acc[r][j], sizeof(V));
-        std::memcpy(dst, lanes, (std::min<int64_t>(m, c + S::W) - c) * sizeof(T));
-      }
-    }
-}
-
-template <class S, int RA>
-SQLAB_ALWAYS_INLINE void base_runs(const typename S::Elem* in, typename S::Elem* out,
-                                   const typename S::Elem* h, int64_t m, int64_t stride,
-                                   const typename S::Elem* end) {
-  constexpr int64_t kBlock = 4 * S::W;  // NC <= 4
-  for (int64_t col = (m - 1) / kBlock * kBlock; col >= 0; col -= kBlock) {
-    switch (std::min<int64_t>(4, (stride - col) / S::W)) {
-      case 1: base_block<S, RA, 1>(in, out, h, m, stride, col, end); break;
-      case 2: base_block<S, RA, 2>(in, out, h, m, stride, col, end); break;
-      case 3: base_block<S, RA, 3>(in, out, h, m, stride, col, end); break;
-      default: base_block<S, RA, 4>(in, out, h, m, stride, col, end); break;
-    }
-  }
-}
-
+// load of H is a whole register (core/simd_gemm.h).
 template <class S>
 SQLAB_ALWAYS_INLINE void base_multiply(const typename S::Elem* in, typename S::Elem* out,
                                        int64_t runs, const typename S::Elem* h, int64_t m,
                                        int64_t stride) {
-  // 4 x 4 accumulators need 16 registers (+ 4 for H): AVX-512 has 32, narrower sets 16.
-  constexpr int RA = sizeof(typename S::V) >= 64 ? 4 : 2;
-  const typename S::Elem* end = out + runs * m;
-  int64_t a = 0;
-  for (; a + RA <= runs; a += RA) base_runs<S, RA>(in + a * m, out + a * m, h, m, stride, end);
-  for (; a < runs; ++a) base_runs<S, 1>(in + a * m, out + a * m, h, m, stride, end);
+  simd::small_gemm<S>(in, m, h, stride, m, out, m, runs, m, false);
 }
 
 template <class T>
@@ -362,65 +266,20 @@ SQLAB_ALWAYS_INLINE void transform_rows(const RowJob<T>& job, int64_t begin, int
   }
 }
 
-// One entry point per instruction set; the best one the CPU supports is picked at run time
-// (the project is built for the baseline x86-64 target).
-#if defined(__x86_64__) && defined(__GNUC__)
-#define SQLAB_HADAMARD_X86 1
-__attribute__((target("avx512f"))) void rows_avx512(const RowJob<float>& job, int64_t b,
-                                                    int64_t e, float* scratch) {
-  transform_rows<float, 64>(job, b, e, scratch);
-}
-__attribute__((target("avx512f"))) void rows_avx512(const RowJob<double>& job, int64_t b,
-                                                    int64_t e, double* scratch) {
-  transform_rows<double, 64>(job, b, e, scratch);
-}
-__attribute__((target("avx2"))) void rows_avx2(const RowJob<float>& job, int64_t b, int64_t e,
-                                               float* scratch) {
-  transform_rows<float, 32>(job, b, e, scratch);
-}
-__attribute__((target("avx2"))) void rows_avx2(const RowJob<double>& job, int64_t b, int64_t e,
-                                               double* scratch) {
-  transform_rows<double, 32>(job, b, e, scratch);
-}
-#endif
-template <class T>
-void rows_generic(const RowJob<T>& job, int64_t b, int64_t e, T* scratch) {
-  transform_rows<T, 16>(job, b, e, scratch);
-}
+struct TransformRows {
+  template <int VB, class T>
+  static SQLAB_ALWAYS_INLINE void run(const RowJob<T>* job, int64_t begin, int64_t end, T* scratch) {
+    transform_rows<T, VB>(*job, begin, end, scratch);
+  }
+};
 
 template <class T>
 void transform(const RowJob<T>& job, int64_t rows) {
-  const SimdLevel isa = simd_level();
   const int64_t grain = std::max<int64_t>(1, 32768 / job.n);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> scratch(job.base && !job.base_first ? job.n : 0);
-    switch (isa) {
-#ifdef SQLAB_HADAMARD_X86
-      case SimdLevel::avx512:
-        rows_avx512(job, begin, end, scratch.data());
-        return;
-      case SimdLevel::avx2:
-        rows_avx2(job, begin, end, scratch.data());
-        return;
-#endif
-      default:
-        rows_generic(job, begin, end, scratch.data());
-    }
+    simd::run_simd<TransformRows>(&job, begin, end, scratch.data());
   });
-}
-
-SimdLevel best_simd_level() {
-#ifdef SQLAB_HADAMARD_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return SimdLevel::avx512;
-  if (__builtin_cpu_supports("avx2")) return SimdLevel::avx2;
-#endif
-  return SimdLevel::generic;
-}
-
-std::atomic<int>& current_simd_level() {
-  static std::atomic<int> level{static_cast<int>(best_simd_level())};
-  return level;
 }
 
 double inverse_sqrt(int64_t n) { return 1.0 / std::sqrt(static_cast<double>(n)); }
@@ -440,27 +299,6 @@ at::Tensor base_matrix64(int64_t m) {
 }
 
 }  // namespace
-
-SimdLevel simd_level() { return static_cast<SimdLevel>(current_simd_level().load()); }
-
-bool simd_level_supported(SimdLevel level) {
-  return static_cast<int>(level) <= static_cast<int>(best_simd_level());
-}
-
-const char* simd_level_name(SimdLevel level) {
-  switch (level) {
-    case SimdLevel::avx512: return "avx512";
-    case SimdLevel::avx2: return "avx2";
-    default: return "generic";
-  }
-}
-
-void set_simd_level(SimdLevel level) {
-  if (!simd_level_supported(level))
-    throw Error(fmt::format("SIMD level {} is not supported by this CPU (best: {})",
-                            simd_level_name(level), simd_level_name(best_simd_level())));
-  current_simd_level().store(static_cast<int>(level));
-}
 
 at::Tensor sylvester_matrix(int64_t p) {
   if (p < 1 || (p & (p - 1)) != 0)

@@ -26,19 +26,11 @@
 #include <string>
 
 #include "core/rotation.h"
+#include "core/simd.h"
 
 namespace sqlab {
 
-// Instruction set used by the hand-written kernels here and in core/kronecker.cpp: SIMD
-// registers of 64 (avx512), 32 (avx2) or 16 bytes (generic: whatever the baseline target
-// has). The default is the best the CPU supports; set_simd_level lets tests and benchmarks
-// run the others (throws sqlab::Error for a level the CPU lacks). Results agree across levels
-// up to rounding (bitwise for the Hadamard transforms).
-enum class SimdLevel { generic, avx2, avx512 };
-SimdLevel simd_level();
-void set_simd_level(SimdLevel level);
-bool simd_level_supported(SimdLevel level);
-const char* simd_level_name(SimdLevel level);
+// SimdLevel, simd_level(), set_simd_level(): core/simd.h.
 
 // The dense normalized Hadamard matrix (H_{2^k} (x) H_m) / sqrt(n), float64, n x n.
 // Unsupported n throws the sqlab::Error of hadamard_base_matrix (it lists the base orders).

@@ -11,7 +11,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/hadamard.h"  // simd_level()
+#include "core/simd_gemm.h"
 
 namespace sqlab {
 namespace {
@@ -34,107 +34,13 @@ at::Tensor checked_factor(const at::Tensor& r, const char* name) {
 // L2-sized chunks; and many small OpenBLAS calls (each threaded by OpenBLAS's own OpenMP team)
 // spun for seconds on a loaded 2-core machine. Larger factors take the BLAS path (two big GEMMs).
 
-#pragma GCC diagnostic ignored "-Wpsabi"
-#define SQLAB_ALWAYS_INLINE inline __attribute__((always_inline))
-
-template <class T, int VB>
-struct Simd {
-  using Elem = T;
-  static constexpr int W = VB / static_cast<int>(sizeof(T));
-  typedef T V __attribute__((vector_size(VB)));
-  static SQLAB_ALWAYS_INLINE V load(const T* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  }
-  static SQLAB_ALWAYS_INLINE void store(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
-  static SQLAB_ALWAYS_INLINE V splat(T a) { return V{} + a; }
-};
+using simd::Simd;
+using simd::small_gemm;
 
 constexpr int64_t kPad = 16;  // padded row length: a multiple of every register width
 constexpr int64_t kMaxKernelFactor = 256;
 
 int64_t padded(int64_t n) { return (n + kPad - 1) / kPad * kPad; }
-
-// C[r][col .. col + NC W) = sum_k A[r][k] B[k][col ..] for RA rows. B's rows are padded (loads
-// of whole registers stay inside them). Stores are whole registers for every column < limit,
-// except a register that would cross `end` (the end of C), which stores only the columns
-// < limit of its own row.
-template <class S, int RA, int NC>
-SQLAB_ALWAYS_INLINE void gemm_block(const typename S::Elem* a, int64_t lda,
-                                    const typename S::Elem* b, int64_t ldb, int64_t k_size,
-                                    typename S::Elem* c, int64_t ldc, int64_t col, int64_t limit,
-                                    const typename S::Elem* end) {
-  using T = typename S::Elem;
-  using V = typename S::V;
-  V acc[RA][NC];
-#pragma GCC unroll 16
-  for (int r = 0; r < RA; ++r)
-#pragma GCC unroll 16
-    for (int j = 0; j < NC; ++j) acc[r][j] = V{};
-  for (int64_t k = 0; k < k_size; ++k) {
-    V bv[NC];
-#pragma GCC unroll 16
-    for (int j = 0; j < NC; ++j) bv[j] = S::load(b + k * ldb + col + j * S::W);
-#pragma GCC unroll 16
-    for (int r = 0; r < RA; ++r) {
-      const V av = S::splat(a[r * lda + k]);
-#pragma GCC unroll 16
-      for (int j = 0; j < NC; ++j) acc[r][j] += av * bv[j];
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < RA; ++r)
-#pragma GCC unroll 16
-    for (int j = 0; j < NC; ++j) {
-      const int64_t cc = col + j * S::W;
-      if (cc >= limit) continue;
-      T* dst = c + r * ldc + cc;
-      if (dst + S::W <= end) {
-        S::store(dst, acc[r][j]);
-      } else {
-        T lanes[S::W];
-        std::memcpy(lanes, &acc[r][j], sizeof(V));
-        std::memcpy(dst, lanes, (std::min<int64_t>(limit, cc + S::W) - cc) * sizeof(T));
-      }
-    }
-}
-
-// Rows r .. r + RA of C, all column blocks, the last one first: a whole-register store that
-// spills past its row (ldc = n) lands in the heads of later rows, which are stored afterwards
-// (later row groups, or the first column block of this group, stored last, in row order).
-template <class S, int RA>
-SQLAB_ALWAYS_INLINE void gemm_row_group(const typename S::Elem* a, int64_t lda,
-                                        const typename S::Elem* b, int64_t ldb, int64_t k_size,
-                                        typename S::Elem* c, int64_t ldc, int64_t limit,
-                                        const typename S::Elem* end) {
-  constexpr int64_t kBlock = 4 * S::W;  // NC <= 4
-  for (int64_t col = (limit - 1) / kBlock * kBlock; col >= 0; col -= kBlock) {
-    switch (std::min<int64_t>(4, (ldb - col) / S::W)) {
-      case 1: gemm_block<S, RA, 1>(a, lda, b, ldb, k_size, c, ldc, col, limit, end); break;
-      case 2: gemm_block<S, RA, 2>(a, lda, b, ldb, k_size, c, ldc, col, limit, end); break;
-      case 3: gemm_block<S, RA, 3>(a, lda, b, ldb, k_size, c, ldc, col, limit, end); break;
-      default: gemm_block<S, RA, 4>(a, lda, b, ldb, k_size, c, ldc, col, limit, end); break;
-    }
-  }
-}
-
-// C (rows x n) = A (rows x k_size) B (k_size x n, rows padded to ldb). padded_out: C's rows have
-// ldc = ldb and are written whole (padding included); otherwise ldc = n (see gemm_row_group).
-template <class S>
-SQLAB_ALWAYS_INLINE void small_gemm(const typename S::Elem* a, int64_t lda,
-                                    const typename S::Elem* b, int64_t ldb, int64_t k_size,
-                                    typename S::Elem* c, int64_t ldc, int64_t rows, int64_t n,
-                                    bool padded_out) {
-  constexpr int RA = sizeof(typename S::V) >= 64 ? 4 : 2;  // 16 or 8 accumulators
-  const int64_t limit = padded_out ? ldb : n;
-  const typename S::Elem* end = c + rows * ldc;
-  int64_t r = 0;
-  for (; r + RA <= rows; r += RA)
-    gemm_row_group<S, RA>(a + r * lda, lda, b, ldb, k_size, c + r * ldc, ldc, limit, end);
-  for (; r < rows; ++r)
-    gemm_row_group<S, 1>(a + r * lda, lda, b, ldb, k_size, c + r * ldc, ldc, limit, end);
-}
 
 template <class T>
 struct TokenJob {
@@ -156,52 +62,23 @@ SQLAB_ALWAYS_INLINE void tokens_impl(const TokenJob<T>& job, int64_t begin, int6
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define SQLAB_KRON_X86 1
-__attribute__((target("avx512f"))) void tokens_avx512(const TokenJob<float>& j, int64_t b,
-                                                      int64_t e, float* s) {
-  tokens_impl<float, 64>(j, b, e, s);
-}
-__attribute__((target("avx512f"))) void tokens_avx512(const TokenJob<double>& j, int64_t b,
-                                                      int64_t e, double* s) {
-  tokens_impl<double, 64>(j, b, e, s);
-}
-__attribute__((target("avx2"))) void tokens_avx2(const TokenJob<float>& j, int64_t b, int64_t e,
-                                                 float* s) {
-  tokens_impl<float, 32>(j, b, e, s);
-}
-__attribute__((target("avx2"))) void tokens_avx2(const TokenJob<double>& j, int64_t b, int64_t e,
-                                                 double* s) {
-  tokens_impl<double, 32>(j, b, e, s);
-}
-#endif
-template <class T>
-void tokens_generic(const TokenJob<T>& j, int64_t b, int64_t e, T* s) {
-  tokens_impl<T, 16>(j, b, e, s);
-}
+struct TokensKernel {
+  template <int VB, class T>
+  static SQLAB_ALWAYS_INLINE void run(const TokenJob<T>* job, int64_t begin, int64_t end, T* scratch) {
+    tokens_impl<T, VB>(*job, begin, end, scratch);
+  }
+};
 
 template <class T>
 void kernel_apply(const at::Tensor& x, at::Tensor& out, const at::Tensor& left,
                   const at::Tensor& right_padded, int64_t n1, int64_t n2) {
-  const SimdLevel isa = simd_level();
   const TokenJob<T> job{x.data_ptr<T>(), out.data_ptr<T>(), left.data_ptr<T>(),
                         right_padded.data_ptr<T>(), n1, n2};
   const int64_t tokens = x.size(0);
   const int64_t grain = std::max<int64_t>(1, 16384 / (n1 * n2));
   at::parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> scratch(n1 * padded(n2));
-    switch (isa) {
-#ifdef SQLAB_KRON_X86
-      case SimdLevel::avx512:
-        tokens_avx512(job, begin, end, scratch.data());
-        return;
-      case SimdLevel::avx2:
-        tokens_avx2(job, begin, end, scratch.data());
-        return;
-#endif
-      default:
-        tokens_generic(job, begin, end, scratch.data());
-    }
+    simd::run_simd<TokensKernel>(&job, begin, end, scratch.data());
   });
 }
 

@@ -10,7 +10,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/hadamard.h"  // simd_level()
+#include "core/simd.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors: no ABI crosses this file
 
