@@ -144,7 +144,7 @@ int command_run(const std::vector<std::string>& args, const Registries& registri
   po::variables_map vm;
   if (!parse_args("run", args, options, positional, "sqlab run EXPERIMENT.yaml [options]", vm)) return 0;
 
-  const Experiment ex = load_experiment(require_file(vm, "run"), overrides_of(vm), prepare_check(registries));
+  const Experiment ex = load_experiment(require_file(vm, "run"), overrides_of(vm), {prepare_check(registries)});
   check_plot_names(ex);
   const bool json = vm["json"].as<bool>();
   if (vm["dry-run"].as<bool>()) {
@@ -206,7 +206,7 @@ int command_show(const std::vector<std::string>& args, const Registries& registr
   if (vm.count("experiment") && fs::is_directory(vm["experiment"].as<std::string>()))
     return show_results(vm["experiment"].as<std::string>(), vm["format"].as<std::string>(),
                         vm.count("metric") ? vm["metric"].as<std::vector<std::string>>() : std::vector<std::string>{});
-  const Experiment ex = load_experiment(require_file(vm, "show"), overrides_of(vm), prepare_check(registries));
+  const Experiment ex = load_experiment(require_file(vm, "show"), overrides_of(vm), {prepare_check(registries)});
   validate(ex, registries);
   if (vm["json"].as<bool>()) {
     fmt::print("{}\n", nlohmann::json{{"config", yaml_to_json(ex.resolved)}, {"sources", sources_json(*ex.sources)},

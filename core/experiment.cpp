@@ -21,13 +21,6 @@ const std::vector<std::string> kTopLevelKeys = {"name", "description", "seeds", 
 // One point of the sweep: the values of every swept key.
 using SweepPoint = std::vector<std::pair<std::string, YAML::Node>>;
 
-// More runs than this is a typo (`seeds: 1000000000`, a grid of 14 axes), not a study:
-// it is refused before anything is expanded instead of exhausting memory (found by
-// fuzz/fuzz_experiment_yaml.cpp) or spending minutes expanding and preparing runs that
-// would write as many files (16- and 19-axis grids: fuzz/fuzz_experiment.cpp). Expanding
-// costs ~0.15 ms a run (the resolved configuration is emitted to hash the run id).
-constexpr size_t kMaxRuns = 10000;
-
 YAML::Node descend(YAML::Node node, const std::string& part, const std::string& walked,
                    const std::string& origin, bool create) {
   if (node.IsSequence()) {
@@ -42,14 +35,15 @@ YAML::Node descend(YAML::Node node, const std::string& part, const std::string& 
   return node[part];
 }
 
-std::vector<int64_t> parse_seeds(ConfigReader& root) {
+std::vector<int64_t> parse_seeds(ConfigReader& root, size_t max_runs) {
   if (!root.has("seeds")) return {0};
   YAML::Node node = root.raw("seeds");
   std::vector<int64_t> seeds;
   if (node.IsScalar()) {
     const int64_t count = root.get<int64_t>("seeds", 1);
     if (count < 1) root.fail("seeds", "a count of seeds must be positive");
-    if (static_cast<uint64_t>(count) > kMaxRuns) root.fail("seeds", fmt::format("a count of seeds must be at most {}", kMaxRuns));
+    if (static_cast<uint64_t>(count) > max_runs)
+      root.fail("seeds", fmt::format("a count of seeds must be at most {}", max_runs));
     for (int64_t s = 0; s < count; ++s) seeds.push_back(s);
   } else {
     seeds = root.get<std::vector<int64_t>>("seeds", {});
@@ -73,14 +67,14 @@ std::vector<std::pair<std::string, YAML::Node>> parse_axes(ConfigReader& sweep, 
   return axes;
 }
 
-std::vector<SweepPoint> expand_sweep(ConfigReader sweep) {
+std::vector<SweepPoint> expand_sweep(ConfigReader sweep, size_t max_runs) {
   const auto grid = parse_axes(sweep, "grid");
   const auto zip = parse_axes(sweep, "zip");
   sweep.finish();
   size_t product = 1;
   for (const auto& axis : grid) {
     product *= axis.second.size();
-    if (product > kMaxRuns) sweep.fail("grid", fmt::format("the grid has more than {} points", kMaxRuns));
+    if (product > max_runs) sweep.fail("grid", fmt::format("the grid has more than {} points", max_runs));
   }
   std::vector<SweepPoint> points{{}};
   for (const auto& [key, values] : grid) {  // cartesian product
@@ -184,6 +178,20 @@ std::string default_name(const std::string& file) {
   std::string base = slash == std::string::npos ? file : file.substr(slash + 1);
   const size_t dot = base.rfind('.');
   return dot == std::string::npos ? base : base.substr(0, dot);
+}
+
+// An entry's own `quant:` keys are read as `quant.KEY` (make_run merges them over the
+// global block): their lines are the entry's, not the global block's.
+std::shared_ptr<const SourceMap> sources_for_entry(const std::shared_ptr<const SourceMap>& sources,
+                                                   const std::string& label) {
+  const std::string own = "methods." + label + ".quant";
+  auto it = sources->lower_bound(own);
+  if (it == sources->end() || it->first.rfind(own, 0) != 0) return sources;
+  auto merged = std::make_shared<SourceMap>(*sources);
+  for (; it != sources->end() && it->first.rfind(own, 0) == 0; ++it)
+    if (it->first.size() > own.size() && it->first[own.size()] == '.')
+      (*merged)["quant" + it->first.substr(own.size())] = it->second;
+  return merged;
 }
 
 // `label` is the entry's label in the file; a sweep point may change the entry
@@ -329,7 +337,8 @@ static void parse_plots(ConfigReader& root, Experiment& ex) {
 }
 
 Experiment load_experiment(const std::string& file, const std::vector<std::string>& override_texts,
-                           const RunCheck& check_first) {
+                           const LoadOptions& options) {
+  const size_t max_runs = options.max_runs;
   Experiment ex;
   ex.file = file;
   ex.document = load_yaml_file(file);
@@ -349,17 +358,17 @@ Experiment load_experiment(const std::string& file, const std::vector<std::strin
   const size_t brace = ex.output.find("{name}");
   if (brace != std::string::npos) ex.output.replace(brace, 6, ex.name);
   parse_plots(root, ex);
-  const std::vector<int64_t> seeds = parse_seeds(root);
+  const std::vector<int64_t> seeds = parse_seeds(root, max_runs);
   const std::vector<MethodEntry> entries = parse_method_entries(root);
   if (!root.has("data") && !root.has("model")) root.fail("data", "required key is missing");
   for (const char* key : {"data", "quant", "record", "model", "eval", "calib"}) root.raw(key);
-  const std::vector<SweepPoint> points = expand_sweep(root.child("sweep"));
+  const std::vector<SweepPoint> points = expand_sweep(root.child("sweep"), max_runs);
   for (const auto& key : kTopLevelKeys) root.raw(key);
   root.finish();
 
-  if (points.size() * seeds.size() * entries.size() > kMaxRuns)
+  if (points.size() * seeds.size() * entries.size() > max_runs)
     root.fail("seeds", fmt::format("{} sweep points x {} seeds x {} methods is more than {} runs", points.size(),
-                                   seeds.size(), entries.size(), kMaxRuns));
+                                   seeds.size(), entries.size(), max_runs));
   for (const auto& [key, value] : points.front()) ex.swept_keys.push_back(key);
   std::set<std::string> seen;
   for (const SweepPoint& point : points) {
@@ -367,16 +376,18 @@ Experiment load_experiment(const std::string& file, const std::vector<std::strin
     SourceMap sources;
     const YAML::Node point_root = point_config(ex, overrides, groups, point, sources);
     auto shared_sources = std::make_shared<const SourceMap>(std::move(sources));
+    std::vector<std::shared_ptr<const SourceMap>> entry_sources;
+    for (const MethodEntry& entry : entries) entry_sources.push_back(sources_for_entry(shared_sources, entry.label));
     for (int64_t seed : seeds)
       for (size_t i = 0; i < entries.size(); ++i) {
         RunSpec run = make_run(ex, point_root, point, i, entries[i].label, seed);
-        run.sources = shared_sources;
+        run.sources = entry_sources[i];
         if (seen.insert(run.run_id).second) ex.runs.push_back(std::move(run));
       }
     // A misspelt key fails on the first point, before thousands of others are expanded.
-    if (first && check_first)
+    if (first && options.check_first)
       for (const RunSpec& run : ex.runs)
-        if (run.seed == seeds.front()) check_first(ex, run);
+        if (run.seed == seeds.front()) options.check_first(ex, run);
   }
   return ex;
 }

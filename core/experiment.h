@@ -46,12 +46,22 @@ struct Experiment {
 // Checks one run's configuration (core/runner.h prepare_run: every key of its blocks).
 using RunCheck = std::function<void(const Experiment&, const RunSpec&)>;
 
+struct LoadOptions {
+  // Sees the first sweep point's runs (first seed) before the other points are expanded,
+  // so a bad key in a large sweep fails at once.
+  RunCheck check_first;
+  // More runs than this is a typo (`seeds: 1000000000`, a grid of 14 axes), not a study:
+  // a config error before anything is expanded, instead of exhausting memory or minutes
+  // spent expanding (~0.15 ms a run: the resolved configuration is emitted to hash the run
+  // id). The fuzz targets lower it (expansion under ASan is ~30x slower).
+  size_t max_runs = 10000;
+};
+
 // Loads, merges presets, applies overrides ("a.b.c=value", or "GROUP=FRAGMENT" for a
 // group that `defaults:` names) and expands. Throws config errors that
-// name the file, line and key. `check_first` sees the first sweep point's runs (first
-// seed) before the other points are expanded, so a bad key in a large sweep fails at once.
+// name the file, line and key.
 Experiment load_experiment(const std::string& file, const std::vector<std::string>& overrides,
-                           const RunCheck& check_first = {});
+                           const LoadOptions& options = {});
 
 // Sets `dotted` in `root` (creating mappings on the way). In the `methods` list a
 // part selects the entry by label or index. `origin` names the source in errors.

@@ -44,7 +44,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string& file = experiment_file();
   std::ofstream(file, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(data), size);
   return sqlab::fuzz::expect_clean([&] {
-    const sqlab::Experiment ex = sqlab::load_experiment(file, {}, sqlab::prepare_check(registries()));
+    const sqlab::Experiment ex = sqlab::load_experiment(file, {}, {sqlab::prepare_check(registries()), sqlab::fuzz::kMaxRuns});
     sqlab::prepare_all(ex, registries());
   });
 }

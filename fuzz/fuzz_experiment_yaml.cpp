@@ -16,5 +16,5 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return (dir / "experiment.yaml").string();
   }();
   std::ofstream(file, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(data), size);
-  return sqlab::fuzz::expect_clean([&] { sqlab::load_experiment(file, {}); });
+  return sqlab::fuzz::expect_clean([&] { sqlab::load_experiment(file, {}, {{}, sqlab::fuzz::kMaxRuns}); });
 }

@@ -23,6 +23,7 @@
 
 namespace sqlab {
 namespace {
+using testing::expect_config_error;
 
 using testing::read_text;
 using testing::TempDir;
@@ -78,17 +79,6 @@ void expect_same_weights(const LlamaWeights& a, const LlamaWeights& b, at::Scala
   for (size_t i = 0; i < ta.size(); ++i) {
     ASSERT_EQ(tb[i].second.scalar_type(), at::kFloat) << tb[i].first;
     EXPECT_TRUE(at::equal(ta[i].second.to(dtype).to(at::kFloat), tb[i].second)) << ta[i].first;
-  }
-}
-
-void expect_config_error(const std::function<void()>& f, const std::vector<std::string>& fragments) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected: " << fragments.front();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::config) << e.what();
-    for (const std::string& fragment : fragments)
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << "'" << fragment << "' not in: " << e.what();
   }
 }
 

@@ -19,6 +19,7 @@
 
 namespace sqlab {
 namespace {
+using testing::expect_config_error;
 
 using testing::read_text;
 using testing::TempDir;
@@ -26,17 +27,6 @@ using testing::write_text;
 namespace fs = std::filesystem;
 
 const std::string kShared = SQLAB_SHARED_DATA;
-
-void expect_config_error(const std::function<void()>& f, const std::vector<std::string>& fragments) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected: " << fragments.front();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::config) << e.what();
-    for (const std::string& fragment : fragments)
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << "'" << fragment << "' not in: " << e.what();
-  }
-}
 
 Llama2cVocab read_vocab(const std::string& path) {
   const std::string bytes = read_text(path);

@@ -8,9 +8,27 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "core/error.h"
 
 namespace sqlab::testing {
+
+// `f` must throw a configuration error (exit 2) whose message holds every fragment.
+inline void expect_config_error(const std::function<void()>& f, const std::vector<std::string>& fragments) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected: " << fragments.front();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::config) << e.what();
+    for (const std::string& fragment : fragments)
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << "'" << fragment << "' not in: " << e.what();
+  }
+}
 
 // A fresh directory under the system temp dir, removed with its content at scope exit.
 class TempDir {
