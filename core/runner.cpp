@@ -112,12 +112,7 @@ double peak_rss_mib() {
 
 RunRecord execute_run(const PreparedRun& p, int64_t count, const SiteAt& site_at, double load_seconds) {
   const double start = now_seconds();
-  RunRecord record;
-  record.run_id = p.spec->run_id;
-  record.label = p.spec->label;
-  record.method = p.spec->method;
-  record.seed = p.spec->seed;
-  record.config_yaml = emit_yaml(p.spec->config);
+  RunRecord record = new_run_record(*p.spec);
   RunWarnings warnings(p.spec->run_id);
   std::map<std::string, double> load_timing;  // a streaming dataset's stages
   for (int64_t i = 0; i < count; ++i) {
@@ -193,6 +188,16 @@ std::string parse_device(ConfigReader& data, const std::string& key) {
 
 void prepare_results_directory(const Experiment& ex, const std::string& out_dir) {
   prepare_directory(ex, fs::path(out_dir));
+}
+
+RunRecord new_run_record(const RunSpec& spec) {
+  RunRecord record;
+  record.run_id = spec.run_id;
+  record.label = spec.label;
+  record.method = spec.method;
+  record.seed = spec.seed;
+  record.config_yaml = emit_yaml(spec.config);
+  return record;
 }
 
 RunCheck prepare_check(const Registries& registries) {

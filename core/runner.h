@@ -8,6 +8,7 @@
 
 #include "core/registries.h"
 #include "core/experiment.h"
+#include "core/run_record.h"
 #include "core/method.h"
 #include "core/summary.h"
 
@@ -44,6 +45,10 @@ struct PreparedRun {
 // Reads the run's configuration through the registries; config errors name the
 // experiment file, the line and the key.
 PreparedRun prepare_run(const Experiment& experiment, const RunSpec& run, const Registries& registries);
+
+// A run file's record with the run's identity and resolved configuration filled in (the
+// site-level runner and the model-level backend fill in the rest).
+RunRecord new_run_record(const RunSpec& spec);
 
 // For load_experiment: prepare_run as the check of the first sweep point's runs.
 RunCheck prepare_check(const Registries& registries);

@@ -60,12 +60,6 @@ int64_t non_negative(ConfigReader& r, const std::string& key, int64_t fallback) 
   return v;
 }
 
-std::string emit_yaml(const YAML::Node& node) {
-  YAML::Emitter out;
-  out << node;
-  return std::string(out.c_str()) + "\n";
-}
-
 
 class ModelBackend : public ModelRunBackend {
  public:
@@ -196,12 +190,7 @@ void ModelBackend::validate(const ModelRunPlan& base, const RotationMethod& meth
 RunRecord ModelBackend::execute(const PreparedRun& p) const {
   const double start = now_seconds();
   const Plan& plan = static_cast<const Plan&>(*p.model);
-  RunRecord record;
-  record.run_id = p.spec->run_id;
-  record.label = p.spec->label;
-  record.method = p.spec->method;
-  record.seed = p.spec->seed;
-  record.config_yaml = emit_yaml(p.spec->config);
+  RunRecord record = new_run_record(*p.spec);
 
   const LlamaWeights& fp = model(plan);
   const int64_t seq_len = plan.eval.seq_len > 0 ? plan.eval.seq_len : fp.config.max_seq_len;
