@@ -31,6 +31,7 @@
 #include "core/experiment.h"
 #include "core/npy.h"
 #include "core/safetensors.h"
+#include "fuzz/fuzz_util.h"
 #include "tests/reliability_util.h"
 #include "tests/test_util.h"
 
@@ -202,7 +203,7 @@ TEST(FuzzRegressions, ParsersRejectCleanly) {
     replay(target, [&](const std::string& bytes) {
       const std::string file = dir.file("experiment.yaml");
       std::ofstream(file, std::ios::binary) << bytes;
-      load_experiment(file, {});
+      load_experiment(file, {}, {{}, fuzz::kMaxRuns});  // as the fuzz targets load them
     });
 }
 
