@@ -64,6 +64,8 @@ for target in "${targets[@]}"; do
   dirs=("$corpus" "$seeds/$target")
   [ -d "$root/fuzz/regressions/$target" ] && dirs+=("$root/fuzz/regressions/$target")
   log=$build/fuzz-$target.log
+  started=$build/fuzz-$target.started  # artifacts newer than this are this run's findings
+  touch "$started"
   echo "fuzz: $target for ${seconds}s (log: $log)"
   "$binary" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -max_len=65536 \
     -print_final_stats=1 -artifact_prefix="$artifacts" "${dirs[@]}" >"$log" 2>&1
@@ -72,7 +74,7 @@ for target in "${targets[@]}"; do
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1)
   if [ $rc -ne 0 ]; then
     status=1
-    summary+=$(printf '\n  %-20s FAILED (exit %s) after %s executions: %s' "$target" "$rc" "${runs:-?}" "$(ls "$artifacts" | head -3 | tr '\n' ' ')")
+    summary+=$(printf '\n  %-20s FAILED (exit %s) after %s executions: %s' "$target" "$rc" "${runs:-?}" "$(find "$artifacts" -type f -newer "$started" -printf '%f ' | head -c 300)")
     grep -m5 -E 'ERROR|SUMMARY|terminate|what\(\)' "$log" >&2
   else
     summary+=$(printf '\n  %-20s ok: %s executions in %ss, %s' "$target" "${runs:-?}" "$seconds" "$cov")
