@@ -41,10 +41,11 @@ bench: build
 
 # Reliability (README "Reliability"). `make stress`: the kill test with STRESS_KILLS
 # stops, then every fuzzer for 600 s. `make fuzz`: the libFuzzer targets (clang) for
-# FUZZ_SECONDS each. `make test-asan`: the unit tests under ASan + UBSan.
+# FUZZ_SECONDS each, FUZZ_JOBS at once. `make test-asan`: the unit tests under ASan + UBSan.
 FUZZ_BUILD   ?= build-fuzz
 ASAN_BUILD   ?= build-asan
 FUZZ_SECONDS ?= 60
+FUZZ_JOBS    ?= 1
 STRESS_KILLS ?= 100
 # LibTorch, OpenBLAS and HDF5 are Debian's, not instrumented: their one-time allocations
 # read as leaks (detect_leaks=0), and LibTorch's libraries define some globals twice
@@ -60,7 +61,7 @@ fuzz: setup
 	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DSQLAB_FUZZ=ON
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_targets
-	fuzz/run_fuzzers.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+	FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run_fuzzers.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 # The Python tests (analysis_*) exercise Python, not our C++: left to `make test`.
 test-asan: setup

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every libFuzzer target of a SQLAB_FUZZ build for SECONDS each (make fuzz,
+# Runs every libFuzzer target of a SQLAB_FUZZ build for SECONDS each, FUZZ_JOBS at once (make fuzz,
 # make stress), seeded from the bad-input corpus, the shipped experiments and presets,
 # fuzz/seeds/ and fuzz/regressions/ (inputs that once crashed a target: keep them).
 # New interesting inputs accumulate in BUILD/fuzz-corpus/TARGET across runs; a crash
@@ -49,36 +49,47 @@ for target in os.listdir(os.path.join(root, "fuzz", "seeds")) if os.path.isdir(o
     for f, data in files("fuzz/seeds/%s/*" % target): add(target, data)
 PY
 
-status=0
-summary=""
-for target in "${targets[@]}"; do
-  binary=$build/fuzz/fuzz_$target
+# One target: its summary line goes to BUILD/fuzz-TARGET.result (exit status 1 on a finding).
+fuzz_target() {
+  local target=$1 binary=$build/fuzz/fuzz_$1 result=$build/fuzz-$1.result
   if [ ! -x "$binary" ]; then
     echo "fuzz: $binary is missing (configure with -DSQLAB_FUZZ=ON and build fuzz_targets)" >&2
-    status=1
-    continue
+    printf '  %-20s MISSING\n' "$target" >"$result"
+    return 1
   fi
-  corpus=$build/fuzz-corpus/$target
-  artifacts=$build/fuzz-artifacts/$target/
+  local corpus=$build/fuzz-corpus/$target artifacts=$build/fuzz-artifacts/$target/
   mkdir -p "$corpus" "$artifacts" "$seeds/$target"
-  dirs=("$corpus" "$seeds/$target")
+  local dirs=("$corpus" "$seeds/$target")
   [ -d "$root/fuzz/regressions/$target" ] && dirs+=("$root/fuzz/regressions/$target")
-  log=$build/fuzz-$target.log
-  started=$build/fuzz-$target.started  # artifacts newer than this are this run's findings
+  local log=$build/fuzz-$target.log started=$build/fuzz-$target.started  # newer artifacts: this run's
   touch "$started"
   echo "fuzz: $target for ${seconds}s (log: $log)"
   "$binary" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -max_len=65536 \
     -print_final_stats=1 -artifact_prefix="$artifacts" "${dirs[@]}" >"$log" 2>&1
-  rc=$?
+  local rc=$?
+  local runs cov
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1)
   if [ $rc -ne 0 ]; then
-    status=1
-    summary+=$(printf '\n  %-20s FAILED (exit %s) after %s executions: %s' "$target" "$rc" "${runs:-?}" "$(find "$artifacts" -type f -newer "$started" -printf '%f ' | head -c 300)")
+    printf '  %-20s FAILED (exit %s) after %s executions: %s\n' "$target" "$rc" "${runs:-?}" \
+      "$(find "$artifacts" -type f -newer "$started" -printf '%f ' | head -c 300)" >"$result"
     grep -m5 -E 'ERROR|SUMMARY|terminate|what\(\)' "$log" >&2
-  else
-    summary+=$(printf '\n  %-20s ok: %s executions in %ss, %s' "$target" "${runs:-?}" "$seconds" "$cov")
+    return 1
   fi
+  printf '  %-20s ok: %s executions in %ss, %s\n' "$target" "${runs:-?}" "$seconds" "$cov" >"$result"
+}
+
+# FUZZ_JOBS targets at once (default 1: one core each; the machine's other work stays usable).
+jobs=${FUZZ_JOBS:-1}
+status=0
+pids=()
+for target in "${targets[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  rm -f "$build/fuzz-$target.result"
+  fuzz_target "$target" &
+  pids+=($!)
 done
-echo "fuzz summary:$summary"
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+echo "fuzz summary:"
+for target in "${targets[@]}"; do cat "$build/fuzz-$target.result" 2>/dev/null || printf '  %-20s no result\n' "$target"; done
 exit $status
