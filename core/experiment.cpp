@@ -117,6 +117,10 @@ std::vector<MethodEntry> parse_method_entries(ConfigReader& root) {
   for (const auto& entry : list) {
     if (!entry.IsMap() || !entry["method"])
       root.fail("methods", fmt::format("each entry needs a 'method' key, got '{}'", yaml_to_flow(entry)));
+    // A mapping or list here would throw yaml-cpp's "bad conversion" (found by fuzzing).
+    for (const char* key : {"method", "label"})
+      if (entry[key] && !entry[key].IsScalar())
+        root.fail("methods", fmt::format("an entry's '{}' must be a name, got '{}'", key, yaml_to_flow(entry[key])));
     MethodEntry e;
     e.method = entry["method"].as<std::string>();
     e.label = entry["label"] ? entry["label"].as<std::string>() : e.method;
@@ -204,6 +208,9 @@ RunSpec make_run(const Experiment& ex, const YAML::Node& point_root, const Sweep
   if (!entry.IsMap() || !entry["method"] || !entry["method"].IsScalar())
     throw config_error(fmt::format("{}: methods.{}: a sweep made this entry '{}', which has no method",
                                    ex.file, label, yaml_to_flow(entry)));
+  if (entry["label"] && !entry["label"].IsScalar())
+    throw config_error(fmt::format("{}: methods.{}.label: a sweep made it '{}', not a name", ex.file, label,
+                                   yaml_to_flow(entry["label"])));
   run.method = entry["method"].as<std::string>();
   if (!entry["label"]) entry["label"] = label;
   run.label = entry["label"].as<std::string>();
@@ -294,7 +301,12 @@ YAML::Node point_config(const Experiment& ex, const Overrides& overrides, const 
                         const SweepPoint& point, SourceMap& sources) {
   std::map<std::string, std::string> swaps = overrides.swaps;
   for (const auto& [key, value] : point)
-    if (is_group(groups, key)) swaps[key] = value.as<std::string>();
+    if (is_group(groups, key)) {
+      if (!value.IsScalar())
+        throw config_error(fmt::format("{}: sweep {}: a preset group takes fragment names, got '{}'", ex.file, key,
+                                       yaml_to_flow(value)));
+      swaps[key] = value.as<std::string>();
+    }
   YAML::Node root;
   if (swaps == overrides.swaps) {
     root = clone_yaml(ex.resolved);
