@@ -133,6 +133,22 @@ std::vector<MethodEntry> parse_method_entries(ConfigReader& root) {
   return entries;
 }
 
+// A sweep may change what a run reads (data, quant, record, model, eval, calib, a method
+// entry's keys, a preset group); name, seeds, output and the like are read once per
+// experiment, and the methods list itself fixes the entries (a sweep that replaced it
+// reached make_run as a scalar: found by fuzzing).
+void check_sweepable(ConfigReader& root, const std::string& key, const std::vector<std::string>& groups) {
+  static const std::vector<std::string> kPerRun = {"data", "quant", "record", "model", "eval", "calib", "methods"};
+  if (std::find(groups.begin(), groups.end(), key) != groups.end()) return;
+  const auto parts = split_dotted(key);
+  if (std::find(kPerRun.begin(), kPerRun.end(), parts.front()) == kPerRun.end())
+    root.fail("sweep", fmt::format("'{}' cannot be swept: a sweep changes data, quant, record, model, eval, calib, "
+                                   "methods.LABEL.KEY or a preset group",
+                                   key));
+  if (parts.front() == "methods" && parts.size() < 2)
+    root.fail("sweep", fmt::format("'{}' cannot be swept: sweep the keys inside an entry (methods.LABEL.KEY)", key));
+}
+
 // A swept key applies to every run, except methods.LABEL.* which applies to LABEL only.
 bool applies_to(const std::string& key, const std::string& label) {
   const auto parts = split_dotted(key);
@@ -381,7 +397,10 @@ Experiment load_experiment(const std::string& file, const std::vector<std::strin
   if (points.size() * seeds.size() * entries.size() > max_runs)
     root.fail("seeds", fmt::format("{} sweep points x {} seeds x {} methods is more than {} runs", points.size(),
                                    seeds.size(), entries.size(), max_runs));
-  for (const auto& [key, value] : points.front()) ex.swept_keys.push_back(key);
+  for (const auto& [key, value] : points.front()) {
+    check_sweepable(root, key, groups);
+    ex.swept_keys.push_back(key);
+  }
   std::set<std::string> seen;
   for (const SweepPoint& point : points) {
     const bool first = &point == &points.front();
