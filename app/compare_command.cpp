@@ -14,8 +14,9 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/quant.h"
+#include "core/quant_config.h"
 #include "core/summary.h"
+#include "quant/quant.h"
 
 namespace sqlab {
 namespace po = boost::program_options;

@@ -4,8 +4,8 @@
 // run_id, label and seed; or one RUN_ID.SITE.FACTOR.npy per tensor plus RUN_ID.json.
 // Tensors stay float64, as in the run file: float32 would lose orthogonality at
 // about 1e-7 per entry, and the user's pipeline can cast when it fuses.
-#include "app/export_command.h"
 #include "app/cli_args.h"
+#include "app/export_command.h"
 
 #include <ATen/ATen.h>
 #include <boost/program_options.hpp>
@@ -18,10 +18,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "core/npy.h"
 #include "core/recorder.h"
-#include "core/safetensors.h"
 #include "core/system.h"
+#include "io/npy.h"
+#include "io/safetensors.h"
 
 namespace sqlab {
 namespace po = boost::program_options;

@@ -25,6 +25,7 @@
 #include "model/capture.h"
 #include "model/checkpoint.h"
 #include "model/quantized_model.h"
+#include "model/gguf_checkpoint.h"
 #include "model/tokenizer.h"
 
 namespace sqlab {
@@ -81,7 +82,7 @@ QuantizedModel quantize(const LlamaWeights& fp, const Tokenizer* tok, ConfigRead
 int command_generate(const std::vector<std::string>& args, const Registries& registries) {
   po::options_description options("options");
   options.add_options()("model", po::value<std::string>(), "checkpoint (llama2.c .bin or Hugging Face directory)")(
-      "tokenizer", po::value<std::string>(), "tokenizer (llama2.c tokenizer.bin or sentencepiece .model)")(
+      "tokenizer", po::value<std::string>(), "tokenizer (llama2.c tokenizer.bin, sentencepiece .model; default for a GGUF model: its own)")(
       "prompt", po::value<std::string>()->default_value(""), "the text to continue (may be empty)")(
       "steps", po::value<int64_t>()->default_value(256), "tokens to generate at most")(
       "set", po::value<std::vector<std::string>>()->composing(),
@@ -92,20 +93,24 @@ int command_generate(const std::vector<std::string>& args, const Registries& reg
                   "sqlab generate --model PATH [--tokenizer PATH] --prompt TEXT [--steps N] [--set KEY=VALUE]...", vm))
     return 0;
   if (!vm.count("model")) throw config_error("generate: --model is required");
-  if (!vm.count("tokenizer")) throw config_error("generate: --tokenizer is required (text in, text out)");
+  const std::string model_path = vm["model"].as<std::string>();
+  const std::string tokenizer_path = vm.count("tokenizer") ? vm["tokenizer"].as<std::string>()
+                                     : is_gguf_file(model_path) ? model_path  // a GGUF carries its tokenizer
+                                                                : "";
+  if (tokenizer_path.empty()) throw config_error("generate: --tokenizer is required (text in, text out)");
   const int64_t steps = vm["steps"].as<int64_t>();
   if (steps < 0) throw config_error("generate: --steps must be >= 0");
 
   YAML::Node root = settings_from(vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{});
   ConfigReader settings(root, "--set", "");
-  const std::string format = settings.choice("format", "auto", {"auto", "hf", "llama2c"});
+  const std::string format = settings.choice("format", "auto", {"auto", "hf", "llama2c", "gguf"});
   const double temperature = settings.get<double>("temperature", 0.0);
   if (!(temperature >= 0)) settings.fail("temperature", "must be >= 0");
   const uint64_t seed = settings.get<uint64_t>("seed", 0);
   const std::string method = settings.get<std::string>("method", "none");
 
-  const LlamaWeights fp = load_checkpoint(vm["model"].as<std::string>(), format);
-  const std::unique_ptr<Tokenizer> tok = load_tokenizer(vm["tokenizer"].as<std::string>());
+  const LlamaWeights fp = load_checkpoint(model_path, format);
+  const std::unique_ptr<Tokenizer> tok = load_tokenizer(tokenizer_path);
   QuantizedModel quantized;
   const bool full_precision = method == "none";
   if (!full_precision) quantized = quantize(fp, tok.get(), settings, method, registries, seed);

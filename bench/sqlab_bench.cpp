@@ -36,14 +36,14 @@
 #include <vector>
 
 #include "core/config.h"
-#include "core/hadamard.h"
-#include "core/kronecker.h"
 #include "core/method.h"
-#include "core/quant.h"
 #include "core/random.h"
 #include "core/system.h"
 #include "datasets/synthetic.h"
 #include "methods/builtin.h"
+#include "quant/quant.h"
+#include "rotations/hadamard.h"
+#include "rotations/kronecker.h"
 
 namespace sqlab {
 namespace {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -237,11 +238,17 @@ std::string ConfigReader::location_of(const std::string& full_path, const YAML::
 }
 
 std::string ConfigReader::existing_path(const std::string& key, bool required) {
-  const std::string path = required ? require<std::string>(key) : get<std::string>(key, "");
+  const std::string written = required ? require<std::string>(key) : get<std::string>(key, "");
+  const std::string path = expand_path_variables(written);
   std::error_code ec;
-  if (!path.empty() && !std::filesystem::exists(path, ec))
+  if (!path.empty() && !std::filesystem::exists(path, ec)) {
+    if (path != written)  // a fetched model that is not there yet
+      fail(key, fmt::format("no such file '{}' ({} is the model cache: `make models` or scripts/fetch_models.sh "
+                            "fetches the models sqlab uses)",
+                            path, model_cache_dir()));
     fail(key, fmt::format("no such file '{}' (relative paths are taken from the current directory, {})", path,
                           std::filesystem::current_path(ec).string()));
+  }
   return path;
 }
 
@@ -275,5 +282,21 @@ template <> const char* yaml_type_name<std::string>() { return "a string"; }
 template <> const char* yaml_type_name<std::vector<int64_t>>() { return "a list of integers"; }
 template <> const char* yaml_type_name<std::vector<double>>() { return "a list of numbers"; }
 template <> const char* yaml_type_name<std::vector<std::string>>() { return "a list of strings"; }
+
+std::string model_cache_dir() {
+  const char* models = std::getenv("SQLAB_MODELS");
+  if (models && *models) return models;
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : ".") + "/.cache/sqlab/models";
+}
+
+std::string expand_path_variables(const std::string& path) {
+  static const std::string kModels = "${SQLAB_MODELS}";
+  const std::string cache = model_cache_dir();
+  std::string out = path;
+  for (size_t at = out.find(kModels); at != std::string::npos; at = out.find(kModels, at + cache.size()))
+    out.replace(at, kModels.size(), cache);
+  return out;
+}
 
 }  // namespace sqlab

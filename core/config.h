@@ -74,7 +74,8 @@ class ConfigReader {
   }
 
   // A file or directory path that must exist ("" when absent and not `required`); relative
-  // paths are taken from the current directory, and the error says so.
+  // paths are taken from the current directory, and the error says so. `${SQLAB_MODELS}`
+  // is the model cache (core/system.h).
   std::string existing_path(const std::string& key, bool required = true);
 
   // A string that must be one of `choices`; the error lists them.
@@ -133,5 +134,13 @@ T ConfigReader::convert(const std::string& key, const YAML::Node& value) const {
                   yaml_to_flow(value) + "'");
   }
 }
+
+// The cache of real models that scripts/fetch_models.sh (`make models`) fills:
+// $SQLAB_MODELS, else ~/.cache/sqlab/models. Never inside the repository.
+std::string model_cache_dir();
+
+// A path from a config with `${SQLAB_MODELS}` replaced by model_cache_dir(), so
+// experiments name a fetched model without knowing where the cache is.
+std::string expand_path_variables(const std::string& path);
 
 }  // namespace sqlab

@@ -5,10 +5,10 @@
 #include <cstdint>
 #include <string>
 
-#include "core/quant.h"
 #include "core/registry.h"
 #include "core/rotation.h"
 #include "core/site.h"
+#include "quant/quant.h"
 
 namespace sqlab {
 

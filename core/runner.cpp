@@ -12,10 +12,11 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "core/quant_config.h"
 #include "core/record_fit_log.h"
 #include "core/recorder.h"
-#include "core/site_eval.h"
 #include "core/system.h"
+#include "quant/site_eval.h"
 
 namespace sqlab {
 namespace fs = std::filesystem;

@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
-#include "core/registries.h"
 #include "core/experiment.h"
-#include "core/run_record.h"
 #include "core/method.h"
+#include "core/registries.h"
+#include "core/run_record.h"
 #include "core/summary.h"
 
 namespace sqlab {

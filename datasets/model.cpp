@@ -3,7 +3,7 @@
 // linear site becomes a Site: its input activations X (tokens x n) with its stacked
 // weights W, so every site-level method and metric runs on them unchanged.
 //
-//   data: {source: model, path: CHECKPOINT, format: auto|hf|llama2c, tokenizer: FILE,
+//   data: {source: model, path: CHECKPOINT, format: auto|hf|llama2c|gguf, tokenizer: FILE (a GGUF: its own),
 //          text: FILE (or token ids .ids), tokens: 2048, seq_len: 256, bos: true,
 //          layers: [] (all) | [0, 3], sites: [attn_in, attn_out, mlp_in, mlp_out, head] (default: the four
 //          layer sites), fold_norms: false}
@@ -23,6 +23,7 @@
 #include "model/capture.h"
 #include "model/checkpoint.h"
 #include "model/fold.h"
+#include "model/gguf_checkpoint.h"
 #include "model/tokenizer.h"
 
 namespace sqlab {
@@ -34,8 +35,9 @@ class ModelDataset : public Dataset {
  public:
   explicit ModelDataset(ConfigReader& r) : where_(r.where("path")) {
     path_ = r.existing_path("path");
-    format_ = r.choice("format", "auto", {"auto", "hf", "llama2c"});
+    format_ = r.choice("format", "auto", {"auto", "hf", "llama2c", "gguf"});
     tokenizer_ = r.existing_path("tokenizer", false);
+    if (tokenizer_.empty() && is_gguf_file(path_)) tokenizer_ = path_;  // a GGUF carries its tokenizer
     text_ = r.existing_path("text");
     tokens_ = r.get<int64_t>("tokens", 2048);
     seq_len_ = r.get<int64_t>("seq_len", 256);

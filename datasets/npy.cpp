@@ -1,6 +1,6 @@
 // Dataset `npy`: one site from two NumPy files, `x: FILE.npy` (T x n) and
 // `w: FILE.npy` (C_out x n); little-endian float16/32/64, C or Fortran order
-// (core/npy.h). Options: x, w (required), name (default "site"), plus the common
+// (io/npy.h). Options: x, w (required), name (default "site"), plus the common
 // site-file keys (site_file.h).
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -9,8 +9,8 @@
 
 #include "core/dataset.h"
 #include "core/error.h"
-#include "core/npy.h"
 #include "datasets/site_file.h"
+#include "io/npy.h"
 
 namespace sqlab {
 namespace {

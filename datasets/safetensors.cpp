@@ -2,7 +2,7 @@
 // tensors `X` (T x n) and `W` (C_out x n) for one site, or `NAME.X` and `NAME.W` for
 // several (`sites: [NAME, ...]` selects; NAME may itself contain dots). F16, BF16,
 // F32 and F64 are read; other tensors in the file are ignored. The header is checked
-// by the project's one safetensors reader (core/safetensors.h).
+// by the project's one safetensors reader (io/safetensors.h).
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
@@ -12,8 +12,8 @@
 
 #include "core/dataset.h"
 #include "core/error.h"
-#include "core/safetensors.h"
 #include "datasets/site_file.h"
+#include "io/safetensors.h"
 
 namespace sqlab {
 namespace {

@@ -15,7 +15,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$build" && build=$(cd "$build" && pwd)
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(experiment_yaml experiment safetensors_header npy_header llama2c_header hf_config llama2c_tokenizer)
+  targets=(experiment_yaml experiment safetensors_header npy_header gguf_header llama2c_header hf_config llama2c_tokenizer)
 fi
 # LibTorch and HDF5 are not instrumented and keep one-time allocations: no leak checks.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_odr_violation=0:allocator_may_return_null=1}
@@ -45,6 +45,8 @@ for f, data in files("tests/bad_inputs/**/*.bin"):
     if os.path.basename(f).startswith("tok"): add("llama2c_tokenizer", b"\0" + data)
     else: add("llama2c_header", struct.pack("<Q", os.path.getsize(f)) + data[:512])
 for f, data in files("tests/bad_inputs/**/config.json"): add("hf_config", data)
+for f, data in files("tests/fixtures/gguf/*.gguf", "tests/bad_inputs/**/*.gguf", "fuzz/regressions/gguf_header/*"):
+    add("gguf_header", data)
 for target in os.listdir(os.path.join(root, "fuzz", "seeds")) if os.path.isdir(os.path.join(root, "fuzz", "seeds")) else []:
     for f, data in files("fuzz/seeds/%s/*" % target): add(target, data)
 PY

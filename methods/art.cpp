@@ -5,6 +5,7 @@
 // (Eq. 8, 13), and the remaining channels get O (random orthogonal or identity).
 #include "core/method.h"
 #include "methods/art_urt.h"
+#include "rotations/dense.h"
 
 #include <ATen/ATen.h>
 

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "core/config.h"
-#include "core/givens.h"
 #include "core/method.h"
+#include "rotations/givens.h"
 
 namespace sqlab {
 

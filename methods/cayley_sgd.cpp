@@ -1,6 +1,6 @@
 // cayley_sgd: the SpinQuant baseline at site level. Learns an orthogonal R (dense n x n,
 // or Kronecker factors R1 (x) R2 learned jointly) by Cayley SGD on the Stiefel manifold
-// (core/stiefel.h), minimizing the W4A4 output error of the site through the
+// (rotations/stiefel.h), minimizing the W4A4 output error of the site through the
 // straight-through estimator:
 //   loss(R) = ||Q(X R) Q(W R)^T - X W^T||_F^2 / ||X W^T||_F^2
 // over the calibration tokens (or a seeded mini-batch of them per step).
@@ -36,6 +36,7 @@
 // min(500, steps / 2) steps), smooth_rounding, n1 / n2, and every option as opt_* (choices
 // as 0-based indices into the lists above), because defaults are not in the stored config.
 #include "methods/cayley_sgd.h"
+#include "rotations/dense.h"
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -46,13 +47,14 @@
 #include <tuple>
 
 #include "core/config.h"
-#include "core/hadamard.h"
-#include "core/hadamard_matrices.h"
-#include "core/kronecker.h"
 #include "core/method.h"
 #include "core/random.h"
-#include "core/stiefel.h"
 #include "core/system.h"
+#include "methods/options.h"
+#include "rotations/hadamard.h"
+#include "rotations/hadamard_matrices.h"
+#include "rotations/kronecker.h"
+#include "rotations/stiefel.h"
 
 namespace sqlab {
 
@@ -127,7 +129,7 @@ double mean_of(const std::vector<double>& values, size_t begin, size_t end) {
 }
 
 // x R for R = factors[0] (dense) or R1 (x) R2 = factors[0] (x) factors[1]: x R =
-// vec(R1^T M R2), M = x.reshape(n1, n2) (core/kronecker.h). Differentiable.
+// vec(R1^T M R2), M = x.reshape(n1, n2) (rotations/kronecker.h). Differentiable.
 at::Tensor rotate(const at::Tensor& x, const std::vector<at::Tensor>& factors) {
   if (factors.size() == 1) return at::mm(x, factors[0]);
   const int64_t n1 = factors[0].size(0), n2 = factors[1].size(0);

@@ -4,7 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/quant.h"
+#include "quant/quant.h"
 
 namespace sqlab {
 

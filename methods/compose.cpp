@@ -9,6 +9,7 @@
 
 #include "core/method.h"
 #include "methods/builtin.h"
+#include "rotations/dense.h"
 
 namespace sqlab {
 namespace {

@@ -6,18 +6,19 @@
 // Each part is fitted on the activations transformed by the parts before it, and stays
 // in its fast form (diagonal, block matmuls, gather).
 #include "methods/duquant.h"
+#include "rotations/dense.h"
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
 #include <vector>
 
-#include "core/block_rotation.h"
-#include "core/hadamard.h"
-#include "core/hadamard_matrices.h"
 #include "core/method.h"
 #include "core/random.h"
-#include "core/scaling.h"
+#include "rotations/block_rotation.h"
+#include "rotations/hadamard.h"
+#include "rotations/hadamard_matrices.h"
+#include "rotations/scaling.h"
 
 namespace sqlab {
 

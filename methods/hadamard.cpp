@@ -1,10 +1,10 @@
 // hadamard: the QuaRot baseline, a normalized Hadamard rotation of order n = 2^k * m
-// (core/hadamard.h), by default with random signs R = diag(s) H (QuaRot's "random Hadamard").
+// (rotations/hadamard.h), by default with random signs R = diag(s) H (QuaRot's "random Hadamard").
 // The signs are seeded per run and site.
-#include "core/hadamard.h"
-#include "core/hadamard_matrices.h"
 #include "core/method.h"
 #include "core/random.h"
+#include "rotations/hadamard.h"
+#include "rotations/hadamard_matrices.h"
 
 namespace sqlab {
 namespace {

@@ -1,5 +1,6 @@
 // identity: no rotation, i.e. plain round-to-nearest W4A4 (the baseline of Table 4).
 #include "core/method.h"
+#include "rotations/dense.h"
 
 namespace sqlab {
 namespace {

@@ -2,6 +2,7 @@
 // seeded per run and site. The baseline that shows how much any rotation helps.
 #include "core/method.h"
 #include "core/random.h"
+#include "rotations/dense.h"
 
 namespace sqlab {
 namespace {

@@ -35,12 +35,14 @@
 #include <cmath>
 #include <tuple>
 
-#include "core/hadamard.h"
-#include "core/hadamard_matrices.h"
-#include "core/kronecker.h"
 #include "core/method.h"
 #include "core/random.h"
 #include "methods/art_urt.h"
+#include "methods/options.h"
+#include "rotations/dense.h"
+#include "rotations/hadamard.h"
+#include "rotations/hadamard_matrices.h"
+#include "rotations/kronecker.h"
 
 namespace sqlab {
 namespace {

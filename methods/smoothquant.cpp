@@ -1,11 +1,11 @@
 // smoothquant: SmoothQuant (Xiao et al. 2023; method-notes.md section 8). Per-channel
 // scales s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) migrate the activation outliers into
 // the weights: X -> X diag(s)^-1, W -> W diag(s). Invertible, not orthogonal
-// (core/scaling.h), so it is exact without quantization but changes the weights' range.
+// (rotations/scaling.h), so it is exact without quantization but changes the weights' range.
 #include <fmt/format.h>
 
 #include "core/method.h"
-#include "core/scaling.h"
+#include "rotations/scaling.h"
 
 namespace sqlab {
 namespace {

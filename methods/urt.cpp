@@ -4,6 +4,7 @@
 // 2 (n - 1) Givens rotations.
 #include "core/method.h"
 #include "methods/art_urt.h"
+#include "rotations/dense.h"
 
 #include <ATen/ATen.h>
 

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/random.h"
+#include "model/gguf_checkpoint.h"
 
 namespace sqlab {
 
@@ -165,9 +166,10 @@ std::string detect_checkpoint_format(const std::string& path) {
                                    "checkpoint directory)",
                                    path));
   }
+  if (is_gguf_file(path)) return "gguf";
   if (fs::path(path).extension() == ".bin" || starts_like_llama2c(path)) return "llama2c";
-  throw config_error(fmt::format("checkpoint '{}': unknown format (expected a llama2.c .bin file or a Hugging Face "
-                                 "directory with config.json; pass the format explicitly otherwise)",
+  throw config_error(fmt::format("checkpoint '{}': unknown format (expected a GGUF file, a llama2.c .bin file or a "
+                                 "Hugging Face directory with config.json; pass the format explicitly otherwise)",
                                  path));
 }
 
@@ -175,7 +177,9 @@ LlamaWeights load_checkpoint(const std::string& path, const std::string& format)
   const std::string chosen = format == "auto" ? detect_checkpoint_format(path) : format;
   if (chosen == "llama2c") return load_llama2c(path);
   if (chosen == "hf") return load_hf(path);
-  throw config_error(fmt::format("checkpoint '{}': unknown format '{}' (expected auto, hf or llama2c)", path, format));
+  if (chosen == "gguf") return load_gguf(path);
+  throw config_error(
+      fmt::format("checkpoint '{}': unknown format '{}' (expected auto, hf, llama2c or gguf)", path, format));
 }
 
 }  // namespace sqlab

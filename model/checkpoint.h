@@ -1,6 +1,7 @@
 // Checkpoint loaders and writers for LLaMA-architecture models:
 //  - llama2.c `.bin` files (the legacy header and the version-1 "ak42" header),
 //  - Hugging Face directories (config.json + model.safetensors or a sharded index),
+//  - llama.cpp GGUF files (model/gguf_checkpoint.h),
 // and a small random model for tests. Every loader returns weights in the layout of
 // model/llama.h: PyTorch Linear (C_out x C_in) float32, q/k rows in the Hugging Face
 // rotate-half rotary layout (llama2.c's interleaved rows are permuted on load).
@@ -16,11 +17,12 @@
 
 namespace sqlab {
 
-// format: "auto" | "hf" | "llama2c". auto: a directory holding config.json -> hf; a
-// file ending in .bin or starting with a llama2.c header -> llama2c.
+// format: "auto" | "hf" | "llama2c" | "gguf". auto: a directory holding config.json -> hf;
+// a file starting with "GGUF" -> gguf; a file ending in .bin or starting with a llama2.c
+// header -> llama2c.
 LlamaWeights load_checkpoint(const std::string& path, const std::string& format = "auto");
 
-// The format "auto" would pick for `path` ("hf" or "llama2c"); throws naming the path
+// The format "auto" would pick for `path` ("hf", "llama2c" or "gguf"); throws naming the path
 // when it is neither.
 std::string detect_checkpoint_format(const std::string& path);
 

@@ -1,6 +1,6 @@
 // Hugging Face LLaMA checkpoint directories: config.json plus model.safetensors or
 // model.safetensors.index.json ("weight_map": tensor -> shard file). Tensors are read
-// through the project's one safetensors reader (core/safetensors.h), memory-mapped,
+// through the project's one safetensors reader (io/safetensors.h), memory-mapped,
 // converted per tensor from F32/F16/BF16 to float32. HF q/k rows are already in the
 // rotate-half rotary layout that llama_forward uses.
 #include <ATen/ATen.h>
@@ -15,7 +15,7 @@
 
 #include "core/error.h"
 #include "core/json_nesting.h"
-#include "core/safetensors.h"
+#include "io/safetensors.h"
 #include "model/checkpoint.h"
 
 namespace sqlab {

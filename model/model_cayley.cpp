@@ -8,9 +8,11 @@
 #include <limits>
 
 #include "core/error.h"
-#include "core/hadamard.h"
 #include "core/random.h"
 #include "core/system.h"
+#include "methods/options.h"
+#include "rotations/dense.h"
+#include "rotations/hadamard.h"
 
 namespace sqlab {
 

@@ -1,5 +1,5 @@
 // Model-level Cayley SGD (SpinQuant, method-notes.md section 6): the residual rotation
-// R (dim x dim) learned on the Stiefel manifold by the shared optimizer (core/stiefel.h),
+// R (dim x dim) learned on the Stiefel manifold by the shared optimizer (rotations/stiefel.h),
 // with the next-token cross-entropy of the fake-quantized model as the loss:
 //   loss(R) = CE(model with E R, W_in R, R^T W_out, weights and activations fake-quantized
 //                with the straight-through estimator; calibration windows)
@@ -19,8 +19,8 @@
 
 #include "core/config.h"
 #include "core/method.h"
-#include "core/stiefel.h"
 #include "model/quantized_model.h"
+#include "rotations/stiefel.h"
 
 namespace sqlab {
 

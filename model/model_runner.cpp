@@ -9,13 +9,14 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/record_fit_log.h"
 #include "core/experiment.h"
+#include "core/record_fit_log.h"
 #include "core/run_record.h"
 #include "core/runner.h"
 #include "core/system.h"
 #include "model/capture.h"
 #include "model/checkpoint.h"
+#include "model/gguf_checkpoint.h"
 #include "model/model_cayley.h"
 #include "model/perplexity.h"
 #include "model/quantized_model.h"
@@ -34,6 +35,7 @@ struct EvalSettings {
   int64_t max_tokens = 0;
   bool bos = true;
   int64_t batch = 8;
+  TextSelection documents;  // a .jsonl text: which documents, joined how
 };
 struct CalibSettings {
   std::string text;  // empty: eval.text
@@ -91,8 +93,10 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   plan->method_path = "methods." + run.label;
   ConfigReader m(run.config["model"], ex.file, "model", run.sources);
   plan->model.path = m.existing_path("path");
-  plan->model.format = m.choice("format", "auto", {"auto", "hf", "llama2c"});
+  plan->model.format = m.choice("format", "auto", {"auto", "hf", "llama2c", "gguf"});
   plan->model.tokenizer = m.existing_path("tokenizer", false);
+  if (plan->model.tokenizer.empty() && is_gguf_file(plan->model.path))
+    plan->model.tokenizer = plan->model.path;  // a GGUF carries its tokenizer
   plan->model.device = m.choice("device", "cpu", {"cpu", "cuda"});
   if (plan->model.device == "cuda" && !at::hasCUDA())
     m.fail("device", "cuda: this LibTorch has no CUDA (Debian's libtorch-dev is CPU-only; README \"GPU\")");
@@ -105,6 +109,8 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   plan->eval.max_tokens = non_negative(e, "max_tokens", 0);
   plan->eval.bos = e.get<bool>("bos", true);
   plan->eval.batch = e.get<int64_t>("batch", 8);
+  plan->eval.documents.documents = non_negative(e, "documents", 0);
+  plan->eval.documents.join = e.get<std::string>("join", plan->eval.documents.join);
   if (plan->eval.batch < 1) e.fail("batch", "must be positive");
   if (plan->eval.seq_len == 1) e.fail("seq_len", "must be at least 2 (0: the model's context)");
   if (plan->eval.stride > 0 && plan->eval.seq_len > 0 && plan->eval.stride > plan->eval.seq_len)
@@ -153,9 +159,12 @@ const Tokenizer* ModelBackend::tokenizer(const Plan& plan) const {
 }
 
 const std::vector<int64_t>& ModelBackend::tokens(const Plan& plan, const std::string& text) const {
-  const std::string key = fmt::format("{}#{}#{}", text, plan.model.tokenizer, plan.eval.bos);
+  const TextSelection& documents = plan.eval.documents;
+  const std::string key = fmt::format("{}#{}#{}#{}#{}", text, plan.model.tokenizer, plan.eval.bos,
+                                      documents.documents, documents.join);
   auto it = tokens_.find(key);
-  if (it == tokens_.end()) it = tokens_.emplace(key, load_eval_tokens(text, tokenizer(plan), plan.eval.bos, 0)).first;
+  if (it == tokens_.end())
+    it = tokens_.emplace(key, load_eval_tokens(text, tokenizer(plan), plan.eval.bos, 0, documents)).first;
   return it->second;
 }
 
@@ -163,7 +172,8 @@ const PerplexityResult& ModelBackend::full_precision(const Plan& plan, const at:
                                                      int64_t seq_len, int64_t stride) const {
   const std::string key = fmt::format("{}#{}#{}#{}#{}#{}#{}", plan.model.path, plan.model.format, plan.model.tokenizer,
                                       plan.eval.text, eval_tokens.numel(), seq_len, stride) +
-                          fmt::format("#{}", plan.eval.bos);
+                          fmt::format("#{}#{}#{}", plan.eval.bos, plan.eval.documents.documents,
+                                      plan.eval.documents.join);
   auto it = fp_.find(key);
   if (it == fp_.end())
     it = fp_.emplace(key, perplexity(model(plan), eval_tokens, seq_len, stride, nullptr, plan.eval.batch)).first;
@@ -268,6 +278,7 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   record.metrics["stride"] = static_cast<double>(stride);
   record.metrics["calib_tokens"] = static_cast<double>(calib.numel());
   record.metrics["calib_overlaps_eval"] = calib_text == plan.eval.text && calib_begin < eval_count;
+  record.metrics["fused_logit_error"] = quantized.fused_logit_error;
   record.metrics["build_seconds"] = build_seconds;
   record.metrics["eval_seconds"] = eval_seconds;
   record.attributes["eval_text"] = plan.eval.text;
@@ -275,13 +286,23 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   record.attributes["tokenizer"] = plan.model.tokenizer.empty() ? "(token ids)" : plan.model.tokenizer;
   record.attributes["model_path"] = plan.model.path;
   record.attributes["placement"] = placement_name(plan.quant.model.placement);
+  const std::string documents =
+      plan.eval.text.size() > 6 && plan.eval.text.compare(plan.eval.text.size() - 6, 6, ".jsonl") == 0
+          ? fmt::format(" ({} documents' text joined with '{}')",
+                        plan.eval.documents.documents > 0 ? std::to_string(plan.eval.documents.documents) : "all",
+                        plan.eval.documents.join)
+          : "";
   record.attributes["ppl_protocol"] = fmt::format(
-      "text {} tokenized whole (bos {}), first {} tokens; windows of {} tokens, stride {}; {} windows, {} scored "
+      "text {}{} tokenized whole (bos {}), first {} tokens; windows of {} tokens, stride {}; {} windows, {} scored "
       "targets (each once); ppl = exp(mean NLL)",
-      plan.eval.text, plan.eval.bos ? "at the start" : "none", eval_count, seq_len, stride, q.windows, q.tokens_scored);
+      plan.eval.text, documents, plan.eval.bos ? "at the start" : "none", eval_count, seq_len, stride, q.windows,
+      q.tokens_scored);
   record.attributes["calib_protocol"] =
       fmt::format("text {}, tokens [{}, {}), windows of {}", calib_text, calib_begin, calib_begin + calib.numel(),
                   calib.size(1));
+  record.attributes["head"] = !fp.config.tied_embeddings ? "separate"
+                              : quantized.head_untied ? "tied in the checkpoint; untied by folding/fusion"
+                                                      : "tied";
   if (quantized.residual) record.attributes["residual_rotation"] = quantized.residual->describe();
   warnings.store(record);
   record.timing["load"] = load_seconds;

@@ -1,15 +1,16 @@
 #include "model/quantized_model.h"
 
-#include "core/weight_quant.h"
+#include "quant/weight_quant.h"
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
 #include "core/error.h"
-#include "core/hadamard.h"
+#include "core/quant_config.h"
 #include "core/random.h"
 #include "core/system.h"
 #include "model/fold.h"
+#include "rotations/hadamard.h"
 
 namespace sqlab {
 
@@ -171,6 +172,21 @@ void quantize_all_weights(LlamaWeights& weights, const QuantizedModelHooks& hook
   }
 }
 
+// Folding and every fused rotation are exact in full precision: the transformed model,
+// with its online rotations but no quantizer, must give the original's logits. Measured
+// on one calibration window before the weights are quantized (every model-level run).
+double fused_logit_error(const LlamaWeights& fp, const LlamaWeights& transformed, const QuantizedModelHooks& hooks,
+                         const at::Tensor& calib_windows) {
+  at::NoGradGuard no_grad;
+  const at::Tensor window = calib_windows.narrow(0, 0, 1);
+  QuantizedModelHooks rotate_only = hooks;
+  rotate_only.act.bits = rotate_only.head_act.bits = 16;
+  rotate_only.ste = false;
+  const at::Tensor reference = llama_forward(fp, window).to(at::kDouble);
+  const at::Tensor fused = llama_forward(transformed, window, &rotate_only).to(at::kDouble);
+  return (fused - reference).norm().item<double>() / reference.norm().item<double>();
+}
+
 }  // namespace
 
 QuantizedModel build_quantized_model(const LlamaWeights& fp, const ModelQuantConfig& config, const BuildInputs& in) {
@@ -188,7 +204,14 @@ QuantizedModel build_quantized_model(const LlamaWeights& fp, const ModelQuantCon
     build_online(out.weights, hooks, quant, in);
   else
     build_residual(out.weights, hooks, config, in, out);
+  out.head_untied = fp.config.tied_embeddings && !out.weights.output.is_same(out.weights.embedding);
 
+  out.fused_logit_error = fused_logit_error(fp, out.weights, hooks, in.calib_windows);
+  if (!(out.fused_logit_error <= kMaxFusedLogitError))
+    throw Error(fmt::format("the folded and fused model's logits differ from the original's by {:.3g} (relative, "
+                            "before quantization; at most {:g} expected): the transform is not exact for this "
+                            "method and placement",
+                            out.fused_logit_error, kMaxFusedLogitError));
   quantize_all_weights(out.weights, hooks, quant, config.model.head_bits, in.calib_windows);
   return out;
 }

@@ -31,10 +31,11 @@
 
 #include "core/config.h"
 #include "core/method.h"
-#include "core/quant.h"
+#include "core/quant_config.h"
 #include "core/rotation.h"
 #include "model/capture.h"
 #include "model/llama.h"
+#include "quant/quant.h"
 
 namespace sqlab {
 
@@ -76,9 +77,17 @@ struct QuantizedModel {
   LlamaWeights weights;                       // transformed and weight-quantized
   std::shared_ptr<QuantizedModelHooks> hooks;
   std::shared_ptr<const Rotation> residual;   // Q (residual placement)
+  // ||logits(folded + fused, no quantizer) - logits(fp)||_F / ||logits(fp)||_F on the
+  // first calibration window, measured before the weights are quantized.
+  double fused_logit_error = 0.0;
+  bool head_untied = false;  // the full-precision head was tied and the transformed one is not
 };
 
-// The one place where a linear's weight is quantized (core/weight_quant: RTN or GPTQ). `inputs`
+// Above this fused_logit_error build_quantized_model fails the run: folding and fusing
+// are exact in full precision (~1e-6 in float32), so a larger error is a wrong transform.
+constexpr double kMaxFusedLogitError = 1e-3;
+
+// The one place where a linear's weight is quantized (quant/weight_quant: RTN or GPTQ). `inputs`
 // are the calibration activations that enter it (as the evaluated model sees them; may
 // be undefined), for data-aware quantizers such as GPTQ.
 at::Tensor quantize_linear_weight(const at::Tensor& w, const QuantSpec& spec, const QuantConfig& quant,

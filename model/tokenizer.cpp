@@ -5,6 +5,7 @@
 
 #include <dlfcn.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <cerrno>
@@ -19,6 +20,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "model/gguf_checkpoint.h"
 
 namespace sqlab {
 
@@ -419,6 +421,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
       if (fs::exists(fs::path(path) / name, ec)) return load_tokenizer((fs::path(path) / name).string());
     throw config_error(fmt::format("tokenizer '{}': a directory without tokenizer.model or tokenizer.bin", path));
   }
+  if (is_gguf_file(path)) return load_gguf_tokenizer(path);
   const std::string ext = fs::path(path).extension().string();
   if (ext == ".json")
     throw config_error(fmt::format("tokenizer '{}': Hugging Face tokenizer.json is not supported; use the "
@@ -432,7 +435,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
 
 std::vector<int64_t> read_token_ids(const std::string& path) {
   if (ends_with(path, ".npy"))
-    throw config_error(fmt::format("token-id file '{}': .npy token ids are not supported (core/npy reads float "
+    throw config_error(fmt::format("token-id file '{}': .npy token ids are not supported (io/npy reads float "
                                    "arrays only); write the ids as whitespace-separated text (.ids)",
                                    path));
   std::istringstream lines(read_binary(path, "token-id file"));
@@ -455,8 +458,32 @@ std::vector<int64_t> read_token_ids(const std::string& path) {
   return ids;
 }
 
+std::string read_jsonl_text(const std::string& path, const TextSelection& selection) {
+  std::ifstream in(path);
+  if (!in) throw config_error(fmt::format("evaluation text '{}': cannot open: {}", path, std::strerror(errno)));
+  std::string text, line;
+  int64_t documents = 0;
+  for (int64_t number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    if (selection.documents > 0 && documents == selection.documents) break;
+    const nlohmann::json doc = nlohmann::json::parse(line, nullptr, false);
+    if (doc.is_discarded() || !doc.is_object())
+      throw config_error(fmt::format("evaluation text '{}': line {} is not a JSON object", path, number));
+    const auto field = doc.find(selection.field);
+    if (field == doc.end() || !field->is_string())
+      throw config_error(fmt::format("evaluation text '{}': line {} has no string field '{}'", path, number,
+                                     selection.field));
+    if (documents++ > 0) text += selection.join;
+    text += field->get<std::string>();
+  }
+  if (selection.documents > 0 && documents < selection.documents)
+    throw config_error(fmt::format("evaluation text '{}': {} documents asked for, the file holds {}", path,
+                                   selection.documents, documents));
+  return text;
+}
+
 std::vector<int64_t> load_eval_tokens(const std::string& path, const Tokenizer* tokenizer, bool bos,
-                                      int64_t max_tokens) {
+                                      int64_t max_tokens, const TextSelection& selection) {
   std::vector<int64_t> ids;
   if (ends_with(path, ".ids") || ends_with(path, ".npy")) {
     ids = read_token_ids(path);
@@ -468,7 +495,8 @@ std::vector<int64_t> load_eval_tokens(const std::string& path, const Tokenizer* 
                                          "{} of tokenizer '{}'",
                                          path, ids[i], i, tokenizer->vocab_size(), tokenizer->origin()));
   } else {
-    const std::string text = read_binary(path, "evaluation text");
+    const std::string text = ends_with(path, ".jsonl") ? read_jsonl_text(path, selection)
+                                                       : read_binary(path, "evaluation text");
     if (text.empty()) throw config_error(fmt::format("evaluation text '{}': the file is empty", path));
     if (!tokenizer)
       throw config_error(fmt::format("evaluation text '{}': a text file needs a tokenizer (or give token ids in "

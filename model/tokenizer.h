@@ -32,8 +32,9 @@ class Tokenizer {
   virtual const std::string& origin() const = 0;
 };
 
-// By extension and content: a directory -> its tokenizer.model or tokenizer.bin;
-// `.model` or a protobuf start -> sentencepiece; otherwise llama2.c's format.
+// By extension and content: a directory -> its tokenizer.model or tokenizer.bin; a GGUF
+// file -> its byte-level BPE tokenizer (model/bpe_tokenizer.h); `.model` or a protobuf
+// start -> sentencepiece; otherwise llama2.c's format.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 
 // --- llama2.c tokenizer.bin: int32 max_token_length, then per token: float32 score,
@@ -65,11 +66,24 @@ std::string sentencepiece_wrapper_path();
 // line). Errors name the file and the line.
 std::vector<int64_t> read_token_ids(const std::string& path);
 
-// Evaluation tokens: a path ending in .ids is read with read_token_ids; anything else
-// is a text file tokenized whole (as GPTQ/QuaRot evaluate WikiText-2: the test split
-// joined with blank lines, one encode call). At most max_tokens (<= 0: all). Errors
-// name the file: missing, empty, ids >= the tokenizer's vocabulary.
+// Which documents of a JSON-lines file make the text: the `field` of the first
+// `documents` lines (0: all) joined with `join`. The defaults with documents = 1100 are
+// GPTQ's "c4_new" C4 protocol (the validation documents' text joined with ' ').
+struct TextSelection {
+  int64_t documents = 0;
+  std::string join = " ";
+  std::string field = "text";
+};
+
+// The text of a .jsonl file by `selection`. Errors name the file and the line.
+std::string read_jsonl_text(const std::string& path, const TextSelection& selection);
+
+// Evaluation tokens: a path ending in .ids is read with read_token_ids; a .jsonl file's
+// documents are joined by `selection` and tokenized whole; anything else is a text file
+// tokenized whole (as GPTQ/QuaRot evaluate WikiText-2: the test split joined with blank
+// lines, one encode call). At most max_tokens (<= 0: all). Errors name the file:
+// missing, empty, ids >= the tokenizer's vocabulary.
 std::vector<int64_t> load_eval_tokens(const std::string& path, const Tokenizer* tokenizer, bool bos,
-                                      int64_t max_tokens);
+                                      int64_t max_tokens, const TextSelection& selection = {});
 
 }  // namespace sqlab

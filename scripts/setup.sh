@@ -11,6 +11,8 @@ packages=(
   # Tokenizers: sentencepiece (wrapper library, model/sentencepiece_wrapper.cpp) and
   # spm_train/spm_encode for the tokenizer tests.
   libsentencepiece-dev sentencepiece
+  # Byte-level BPE pre-tokenizers need Unicode letter/number classes (model/bpe_tokenizer.cpp).
+  libpcre2-dev
   # Speed (toolchain.md): OpenBLAS's OpenMP variant and tcmalloc.
   libopenblas0-openmp libtcmalloc-minimal4
   # Figures: called through /usr/bin/python3.

@@ -29,9 +29,10 @@
 
 #include "core/error.h"
 #include "core/experiment.h"
-#include "core/npy.h"
-#include "core/safetensors.h"
 #include "fuzz/fuzz_util.h"
+#include "io/gguf.h"
+#include "io/npy.h"
+#include "io/safetensors.h"
 #include "tests/reliability_util.h"
 #include "tests/test_util.h"
 
@@ -197,6 +198,9 @@ TEST(FuzzRegressions, ParsersRejectCleanly) {
   });
   replay("npy_header", [](const std::string& bytes) {
     parse_npy_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), bytes.size(), "fuzz");
+  });
+  replay("gguf_header", [](const std::string& bytes) {
+    parse_gguf_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), bytes.size(), "fuzz");
   });
   TempDir dir;
   for (const char* target : {"experiment", "experiment_yaml"})

@@ -9,17 +9,19 @@
 
 #include <set>
 
-#include "core/block_rotation.h"
 #include "core/config.h"
 #include "core/experiment.h"
-#include "core/gptq.h"
 #include "core/method.h"
+#include "core/quant_config.h"
 #include "core/random.h"
-#include "core/scaling.h"
-#include "core/weight_quant.h"
 #include "datasets/synthetic.h"
 #include "methods/builtin.h"
 #include "methods/duquant.h"
+#include "quant/gptq.h"
+#include "quant/weight_quant.h"
+#include "rotations/block_rotation.h"
+#include "rotations/dense.h"
+#include "rotations/scaling.h"
 #include "test_util.h"
 
 namespace sqlab {

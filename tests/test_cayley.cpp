@@ -1,4 +1,4 @@
-// Cayley SGD on the Stiefel manifold (core/stiefel.h) and the cayley_sgd method:
+// Cayley SGD on the Stiefel manifold (rotations/stiefel.h) and the cayley_sgd method:
 // orthogonality of the fixed-point update, convergence on a smooth loss, the STE's
 // gradient against finite differences, schedules, traces, options.
 #include <ATen/ATen.h>
@@ -9,11 +9,12 @@
 
 #include "core/config.h"
 #include "core/method.h"
+#include "core/quant_config.h"
 #include "core/random.h"
-#include "core/stiefel.h"
 #include "datasets/synthetic.h"
 #include "methods/builtin.h"
 #include "methods/cayley_sgd.h"
+#include "rotations/stiefel.h"
 
 namespace sqlab {
 namespace {

@@ -15,7 +15,7 @@
 
 #include "core/error.h"
 #include "core/random.h"
-#include "core/safetensors.h"
+#include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -210,7 +210,9 @@ TEST(CheckpointFormat, AutoDetection) {
   expect_config_error([&] { load_checkpoint(dir.file("missing.bin")); }, {"missing.bin", "no such file"});
   fs::create_directories(dir.file("empty"));
   expect_config_error([&] { load_checkpoint(dir.file("empty")); }, {"empty", "config.json"});
-  expect_config_error([&] { load_checkpoint(dir.file("hf"), "gguf"); }, {"unknown format 'gguf'"});
+  expect_config_error([&] { load_checkpoint(dir.file("hf"), "onnx"); }, {"unknown format 'onnx'"});
+  // A format named explicitly is read as that format: a directory is no GGUF file.
+  expect_config_error([&] { load_checkpoint(dir.file("hf"), "gguf"); }, {"hf", "not a regular file"});
 }
 
 // --- the real llama2.c model

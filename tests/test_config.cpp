@@ -4,8 +4,8 @@
 
 #include "core/error.h"
 #include "core/experiment.h"
-#include "core/runner.h"
 #include "core/registries.h"
+#include "core/runner.h"
 #include "datasets/builtin.h"
 #include "methods/builtin.h"
 #include "tests/test_util.h"

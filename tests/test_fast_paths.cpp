@@ -1,4 +1,4 @@
-// The vectorized fake quantization (core/quant.cpp) against the scalar formula it replaced,
+// The vectorized fake quantization (quant/quant.cpp) against the scalar formula it replaced,
 // bitwise, at every SIMD level the CPU has: q = clamp(nearbyint(x / s) + z, qmin, qmax),
 // out = (q - z) s, with the group's scale s and zero point z.
 #include <ATen/ATen.h>
@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/hadamard.h"
-#include "core/quant.h"
+#include "quant/quant.h"
+#include "rotations/hadamard.h"
 
 namespace sqlab {
 namespace {

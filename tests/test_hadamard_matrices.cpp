@@ -1,7 +1,7 @@
-// Tests for the explicit base Hadamard matrices (core/hadamard_matrices.h). No LibTorch:
-//   g++ -std=c++17 -O2 -I. core/hadamard_matrices.cpp tests/test_hadamard_matrices.cpp
+// Tests for the explicit base Hadamard matrices (rotations/hadamard_matrices.h). No LibTorch:
+//   g++ -std=c++17 -O2 -I. rotations/hadamard_matrices.cpp tests/test_hadamard_matrices.cpp
 //       -lgtest -lgtest_main -pthread -o /tmp/hm_test && /tmp/hm_test
-#include "core/hadamard_matrices.h"
+#include "rotations/hadamard_matrices.h"
 
 #include <gtest/gtest.h>
 

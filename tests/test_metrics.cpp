@@ -4,10 +4,11 @@
 
 #include <cmath>
 
-#include "core/histogram.h"
-#include "core/metrics.h"
 #include "core/random.h"
-#include "core/site_eval.h"
+#include "quant/histogram.h"
+#include "quant/metrics.h"
+#include "quant/site_eval.h"
+#include "rotations/dense.h"
 
 namespace sqlab {
 namespace {

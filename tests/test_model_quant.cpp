@@ -11,10 +11,7 @@
 #include <vector>
 
 #include "core/config.h"
-#include "tests/test_util.h"
 #include "core/error.h"
-#include "core/gptq.h"
-#include "core/hadamard.h"
 #include "core/random.h"
 #include "methods/builtin.h"
 #include "model/capture.h"
@@ -22,6 +19,10 @@
 #include "model/fold.h"
 #include "model/model_cayley.h"
 #include "model/quantized_model.h"
+#include "quant/gptq.h"
+#include "rotations/dense.h"
+#include "rotations/hadamard.h"
+#include "tests/test_util.h"
 
 namespace sqlab {
 namespace {
@@ -139,6 +140,45 @@ TEST(ModelQuant, FusedRotationsAt16BitsGiveFullPrecisionLogits) {
   NullLog log;
   QuantizedModel model = build(fp, quant_config("{w_bits: 16, a_bits: 16, fold_norms: false}"), *method, log);
   EXPECT_LT(rel_error(llama_forward(model.weights, tokens, model.hooks.get()), reference), 1e-4);
+}
+
+// A rotation whose weight side is wrong (it rotates the input but leaves the weights
+// alone): the fused model's logits move, and the run fails before anything is quantized.
+class WrongFuseRotation : public DenseRotation {
+ public:
+  using DenseRotation::DenseRotation;
+  at::Tensor fuse_into(const at::Tensor& w) const override { return w; }
+};
+class WrongFuseMethod : public RotationMethod {
+ public:
+  RotationPtr fit(const FitContext& context) const override {
+    return std::make_unique<WrongFuseRotation>(
+        random_orthogonal_matrix(context.site.X.size(1), make_generator(context.seed, "wrong")));
+  }
+};
+
+TEST(ModelQuant, FusedLogitErrorIsMeasuredAndAWrongFusionFailsTheRun) {
+  for (bool tied : {false, true}) {
+    LlamaConfig c = tiny_config();
+    c.tied_embeddings = tied;
+    const LlamaWeights fp = random_llama(c, 6);
+    NullLog log;
+    const auto hadamard = make_method("{method: hadamard}");
+    for (const std::string placement : {"online", "residual"}) {
+      const QuantizedModel ok =
+          build(fp, quant_config("{w_bits: 4, a_bits: 4, placement: " + placement + "}"), *hadamard, log);
+      EXPECT_LT(ok.fused_logit_error, 1e-5) << placement;
+      EXPECT_GT(ok.fused_logit_error, 0.0) << placement;  // measured, not assumed
+      EXPECT_EQ(ok.head_untied, tied) << placement;        // folding the final norm unties it
+    }
+    const WrongFuseMethod wrong;
+    try {
+      build(fp, quant_config("{w_bits: 16, a_bits: 16, placement: online}"), wrong, log);
+      ADD_FAILURE() << "a wrong fusion was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("logits differ from the original"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(ModelQuant, W4A4QuantizesEveryLinearButTheHead) {

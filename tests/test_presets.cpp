@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/experiment.h"
 #include "core/presets.h"
+#include "core/quant_config.h"
 #include "core/registries.h"
 #include "core/runner.h"
 #include "datasets/builtin.h"

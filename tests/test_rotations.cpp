@@ -1,5 +1,5 @@
-// Structured rotations: Kronecker products (core/kronecker.h) and fast normalized Hadamard
-// transforms (core/hadamard.h), each against its dense matrix; the `hadamard` method.
+// Structured rotations: Kronecker products (rotations/kronecker.h) and fast normalized Hadamard
+// transforms (rotations/hadamard.h), each against its dense matrix; the `hadamard` method.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -10,11 +10,11 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/hadamard.h"
-#include "core/hadamard_matrices.h"
-#include "core/kronecker.h"
 #include "core/method.h"
 #include "core/random.h"
+#include "rotations/hadamard.h"
+#include "rotations/hadamard_matrices.h"
+#include "rotations/kronecker.h"
 
 namespace sqlab {
 

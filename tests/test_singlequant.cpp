@@ -7,12 +7,12 @@
 #include <map>
 #include <random>
 
-#include "core/givens.h"
 #include "core/method.h"
 #include "core/random.h"
 #include "datasets/synthetic.h"
 #include "methods/art_urt.h"
 #include "methods/builtin.h"
+#include "rotations/givens.h"
 
 namespace sqlab {
 namespace {

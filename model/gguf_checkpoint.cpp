@@ -1,0 +1,196 @@
+#include "model/gguf_checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#include "core/error.h"
+#include "model/checkpoint.h"
+
+namespace sqlab {
+namespace {
+
+[[noreturn]] void fail(const std::string& origin, const std::string& message) {
+  throw config_error(fmt::format("GGUF model '{}': {}", origin, message));
+}
+
+int64_t positive(const GgufMetadata& md, const std::string& key, const std::string& origin) {
+  const uint64_t v = md.get_u64(key);
+  if (v == 0 || v > (1ull << 40)) fail(origin, fmt::format("{} = {} is not a positive size", key, v));
+  return static_cast<int64_t>(v);
+}
+
+// Reads one tensor, checks its shape and values.
+class TensorReader {
+ public:
+  explicit TensorReader(const GgufFile& file) : file_(file) {}
+
+  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) {
+    const GgufTensorInfo* info = file_.find(name);
+    if (!info) fail(file_.path(), fmt::format("tensor '{}' is missing", name));
+    used_.insert(name);
+    if (info->shape() != shape)
+      fail(file_.path(), fmt::format("tensor '{}' has shape [{}], the metadata implies [{}]", name,
+                                     fmt::join(info->shape(), ", "), fmt::join(shape, ", ")));
+    at::Tensor t = file_.tensor(name);
+    if (!at::isfinite(t).all().item<bool>()) fail(file_.path(), fmt::format("tensor '{}' holds NaN or Inf", name));
+    return t;
+  }
+
+  // Every tensor of the file was read: an unknown one may change the model (a bias, a
+  // rope_freqs table) and is refused rather than ignored.
+  void reject_unused() const {
+    for (const GgufTensorInfo& info : file_.tensors())
+      if (!used_.count(info.name))
+        fail(file_.path(), fmt::format("tensor '{}' is not part of a LLaMA model sqlab reads", info.name));
+  }
+
+ private:
+  const GgufFile& file_;
+  std::set<std::string> used_;
+};
+
+std::string blk(int64_t layer, const char* rest) { return fmt::format("blk.{}.{}.weight", layer, rest); }
+
+}  // namespace
+
+bool is_gguf_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
+LlamaConfig llama_config_from_gguf(const GgufMetadata& md, const std::string& origin) {
+  const std::string& arch = md.get_string("general.architecture");
+  if (arch != "llama")
+    fail(origin, fmt::format("general.architecture is '{}'; sqlab reads 'llama' GGUF models", arch));
+  const std::string p = arch + ".";
+  LlamaConfig c;
+  c.dim = positive(md, p + "embedding_length", origin);
+  c.n_layers = positive(md, p + "block_count", origin);
+  c.hidden_dim = positive(md, p + "feed_forward_length", origin);
+  c.n_heads = positive(md, p + "attention.head_count", origin);
+  c.n_kv_heads = md.has(p + "attention.head_count_kv") ? positive(md, p + "attention.head_count_kv", origin) : c.n_heads;
+  c.max_seq_len = positive(md, p + "context_length", origin);
+  c.norm_eps = md.get_f64(p + "attention.layer_norm_rms_epsilon");
+  c.rope_theta = md.has(p + "rope.freq_base") ? md.get_f64(p + "rope.freq_base") : 10000.0;
+  if (md.has(p + "vocab_size"))
+    c.vocab_size = positive(md, p + "vocab_size", origin);
+  else if (md.has("tokenizer.ggml.tokens"))
+    c.vocab_size = static_cast<int64_t>(md.get_string_array("tokenizer.ggml.tokens").size());
+  if (c.n_heads > 0 && c.dim % c.n_heads == 0 && md.has(p + "rope.dimension_count") &&
+      positive(md, p + "rope.dimension_count", origin) != c.dim / c.n_heads)
+    fail(origin, fmt::format("{}rope.dimension_count = {} rotates part of each head (head dim {}): not supported", p,
+                             md.get_u64(p + "rope.dimension_count"), c.dim / c.n_heads));
+  if (md.has(p + "rope.scaling.type") && md.get_string(p + "rope.scaling.type") != "none")
+    fail(origin, fmt::format("{}rope.scaling.type '{}' is not supported", p, md.get_string(p + "rope.scaling.type")));
+  if (md.has("tokenizer.ggml.bos_token_id")) c.bos_id = md.get_i64("tokenizer.ggml.bos_token_id");
+  if (md.has("tokenizer.ggml.eos_token_id")) c.eos_id = md.get_i64("tokenizer.ggml.eos_token_id");
+  check_checkpoint_config(c, fmt::format("GGUF model '{}'", origin));
+  return c;
+}
+
+LlamaWeights load_gguf(const std::string& path) {
+  const GgufFile file(path);
+  LlamaWeights w;
+  w.config = llama_config_from_gguf(file.metadata(), path);
+  w.origin = path;
+  const LlamaConfig& c = w.config;
+  const int64_t hd = c.head_dim(), q_dim = c.n_heads * hd, kv_dim = c.n_kv_heads * hd;
+  TensorReader source(file);
+  w.embedding = source.get("token_embd.weight", {c.vocab_size, c.dim});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    LlamaLayer L;
+    L.attn_norm = source.get(blk(l, "attn_norm"), {c.dim});
+    L.wq = interleaved_to_rotate_half(source.get(blk(l, "attn_q"), {q_dim, c.dim}), c.n_heads);
+    L.wk = interleaved_to_rotate_half(source.get(blk(l, "attn_k"), {kv_dim, c.dim}), c.n_kv_heads);
+    L.wv = source.get(blk(l, "attn_v"), {kv_dim, c.dim});
+    L.wo = source.get(blk(l, "attn_output"), {c.dim, q_dim});
+    L.mlp_norm = source.get(blk(l, "ffn_norm"), {c.dim});
+    L.w_gate = source.get(blk(l, "ffn_gate"), {c.hidden_dim, c.dim});
+    L.w_up = source.get(blk(l, "ffn_up"), {c.hidden_dim, c.dim});
+    L.w_down = source.get(blk(l, "ffn_down"), {c.dim, c.hidden_dim});
+    w.layers.push_back(std::move(L));
+  }
+  w.final_norm = source.get("output_norm.weight", {c.dim});
+  w.config.tied_embeddings = !file.contains("output.weight");
+  w.output = w.config.tied_embeddings ? w.embedding : source.get("output.weight", {c.vocab_size, c.dim});
+  source.reject_unused();
+  return w;
+}
+
+BpeVocab bpe_vocab_from_gguf(const GgufMetadata& md, const std::string& origin) {
+  const std::string& model = md.get_string("tokenizer.ggml.model");
+  if (model != "gpt2")
+    fail(origin, fmt::format("tokenizer.ggml.model is '{}'; sqlab reads 'gpt2' (byte-level BPE) tokenizers from GGUF "
+                             "files (a sentencepiece model: give its tokenizer.model as model.tokenizer)",
+                             model));
+  BpeVocab v;
+  v.tokens = md.get_string_array("tokenizer.ggml.tokens");
+  if (md.has("tokenizer.ggml.token_type")) v.token_types = md.get_i32_array("tokenizer.ggml.token_type");
+  v.merges = md.get_string_array("tokenizer.ggml.merges");
+  if (md.has("tokenizer.ggml.bos_token_id")) v.bos_id = md.get_i64("tokenizer.ggml.bos_token_id");
+  if (md.has("tokenizer.ggml.eos_token_id")) v.eos_id = md.get_i64("tokenizer.ggml.eos_token_id");
+  if (md.has("tokenizer.ggml.pre")) v.pre = md.get_string("tokenizer.ggml.pre");
+  if (md.has("tokenizer.ggml.add_bos_token")) v.add_bos = md.get_bool("tokenizer.ggml.add_bos_token");
+  return v;
+}
+
+std::unique_ptr<Tokenizer> load_gguf_tokenizer(const std::string& path) {
+  const GgufFile file(path);
+  return make_bpe_tokenizer(bpe_vocab_from_gguf(file.metadata(), path), path);
+}
+
+void save_gguf(const LlamaWeights& w, const std::string& path, GgmlType type, const BpeVocab& vocab) {
+  const LlamaConfig& c = w.config;
+  GgufMetadata md(path);
+  md.set("general.architecture", GgufValue::str("llama"));
+  md.set("llama.context_length", GgufValue::u32(static_cast<uint32_t>(c.max_seq_len)));
+  md.set("llama.embedding_length", GgufValue::u32(static_cast<uint32_t>(c.dim)));
+  md.set("llama.block_count", GgufValue::u32(static_cast<uint32_t>(c.n_layers)));
+  md.set("llama.feed_forward_length", GgufValue::u32(static_cast<uint32_t>(c.hidden_dim)));
+  md.set("llama.attention.head_count", GgufValue::u32(static_cast<uint32_t>(c.n_heads)));
+  md.set("llama.attention.head_count_kv", GgufValue::u32(static_cast<uint32_t>(c.n_kv_heads)));
+  md.set("llama.rope.freq_base", GgufValue::f32(static_cast<float>(c.rope_theta)));
+  md.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(static_cast<float>(c.norm_eps)));
+  md.set("llama.rope.dimension_count", GgufValue::u32(static_cast<uint32_t>(c.head_dim())));
+  md.set("llama.vocab_size", GgufValue::u32(static_cast<uint32_t>(c.vocab_size)));
+  if (!vocab.tokens.empty()) {
+    md.set("tokenizer.ggml.model", GgufValue::str("gpt2"));
+    md.set("tokenizer.ggml.pre", GgufValue::str(vocab.pre));
+    md.set("tokenizer.ggml.tokens", GgufValue::string_array(vocab.tokens));
+    if (!vocab.token_types.empty()) md.set("tokenizer.ggml.token_type", GgufValue::i32_array(vocab.token_types));
+    md.set("tokenizer.ggml.merges", GgufValue::string_array(vocab.merges));
+    if (vocab.bos_id >= 0) md.set("tokenizer.ggml.bos_token_id", GgufValue::u32(static_cast<uint32_t>(vocab.bos_id)));
+    if (vocab.eos_id >= 0) md.set("tokenizer.ggml.eos_token_id", GgufValue::u32(static_cast<uint32_t>(vocab.eos_id)));
+    md.set("tokenizer.ggml.add_bos_token", GgufValue::of_bool(vocab.add_bos));
+  } else {
+    md.set("tokenizer.ggml.bos_token_id", GgufValue::u32(static_cast<uint32_t>(c.bos_id)));
+    md.set("tokenizer.ggml.eos_token_id", GgufValue::u32(static_cast<uint32_t>(c.eos_id)));
+  }
+  std::vector<GgufWriteTensor> tensors;
+  auto matrix = [&](std::string name, const at::Tensor& t) { tensors.push_back({std::move(name), t, type}); };
+  auto norm = [&](std::string name, const at::Tensor& t) { tensors.push_back({std::move(name), t, GgmlType::F32}); };
+  matrix("token_embd.weight", w.embedding);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LlamaLayer& L = w.layers[static_cast<size_t>(l)];
+    norm(blk(l, "attn_norm"), L.attn_norm);
+    matrix(blk(l, "attn_q"), rotate_half_to_interleaved(L.wq, c.n_heads));
+    matrix(blk(l, "attn_k"), rotate_half_to_interleaved(L.wk, c.n_kv_heads));
+    matrix(blk(l, "attn_v"), L.wv);
+    matrix(blk(l, "attn_output"), L.wo);
+    norm(blk(l, "ffn_norm"), L.mlp_norm);
+    matrix(blk(l, "ffn_gate"), L.w_gate);
+    matrix(blk(l, "ffn_up"), L.w_up);
+    matrix(blk(l, "ffn_down"), L.w_down);
+  }
+  norm("output_norm.weight", w.final_norm);
+  const bool tied = c.tied_embeddings || (w.output.defined() && w.output.is_same(w.embedding));
+  if (!tied) matrix("output.weight", w.output);
+  write_gguf(path, md, tensors);
+}
+
+}  // namespace sqlab
