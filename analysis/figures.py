@@ -325,15 +325,18 @@ def error_split(results):
 
 
 def channels(results):
-    """Per-channel max |activation| before and after each method's transform (first seed,
-    first site): where the outlier channels are, and whether the transform spread them."""
+    """Per-channel max |activation| before and after each method's transform (first seed, the
+    site with the largest activation before any transform: where a model's massive outliers
+    are): where the outlier channels are, and whether the transform spread them."""
     runs = {}
     for run in results.runs:
         if run.status == "complete" and run.channels and run.label not in runs:
             runs[run.label] = run
     if not runs:
         return []
-    site = sorted(next(iter(runs.values())).channels)[0]
+    first = next(iter(runs.values()))
+    site = max(sorted(first.channels),
+               key=lambda s: float(np.max(first.channels[s].get("absmax_before", np.zeros(1)))))
     colors = style.label_colors(results)
     fig, axes = style.new_figure(results, "Per-channel max |activation| [{}]".format(site),
                                  panel=(7.0, 4.0))

@@ -195,14 +195,22 @@ int command_show(const std::vector<std::string>& args, const Registries& registr
       "set", po::value<std::vector<std::string>>()->composing(), "override a key: --set a.b.c=VALUE")(
       "format", po::value<std::string>()->default_value("table"), "results directory: table | markdown | json")(
       "metric", po::value<std::vector<std::string>>()->composing(), "results directory: a metric to show (repeat)")(
+      "sites", po::bool_switch(), "results directory: per-site metrics of every run, a row per site")(
+      "top", po::value<int64_t>()->default_value(0), "with --sites: the N largest sites by the first metric")(
       "json", po::bool_switch(), "experiment: print config, key sources and runs as JSON");
   po::positional_options_description positional;
   positional.add("experiment", 1);
   po::variables_map vm;
   if (!parse_args("show", args, options, positional,
                   "sqlab show EXPERIMENT.yaml [--set KEY=VALUE]...\n"
-                  "       sqlab show RESULTS_DIR [--format table|markdown|json] [--metric NAME]...", vm))
+                  "       sqlab show RESULTS_DIR [--format table|markdown|json] [--metric NAME]...\n"
+                  "       sqlab show RESULTS_DIR --sites [--metric NAME]... [--top N] [--format table|markdown]",
+                  vm))
     return 0;
+  if (vm.count("experiment") && fs::is_directory(vm["experiment"].as<std::string>()) && vm["sites"].as<bool>())
+    return show_sites(vm["experiment"].as<std::string>(), vm["format"].as<std::string>(),
+                      vm.count("metric") ? vm["metric"].as<std::vector<std::string>>() : std::vector<std::string>{},
+                      vm["top"].as<int64_t>());
   if (vm.count("experiment") && fs::is_directory(vm["experiment"].as<std::string>()))
     return show_results(vm["experiment"].as<std::string>(), vm["format"].as<std::string>(),
                         vm.count("metric") ? vm["metric"].as<std::vector<std::string>>() : std::vector<std::string>{});

@@ -1,8 +1,11 @@
 // sqlab: the command line. The only place that wires core to the plugins.
 #include <c10/util/Exception.h>
+#include <dlfcn.h>
 #include <fmt/format.h>
+#include <strings.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -40,19 +43,49 @@ exit codes: 0 all runs complete; 1 a run failed (the others ran and were saved);
 Run `sqlab COMMAND --help` for a command's options.
 )";
 
-// OpenBLAS reads OPENBLAS_CORETYPE when the library loads, before main; a forced
-// Haswell kernel halves f32 matmul speed on newer CPUs (toolchain.md), so drop it
-// and start again.
-void reexec_without_coretype(char** argv) {
-  if (!std::getenv("OPENBLAS_CORETYPE") || std::getenv("SQLAB_KEEP_CORETYPE")) return;
-  unsetenv("OPENBLAS_CORETYPE");
-  execv("/proc/self/exe", argv);  // returns only on failure: carry on as we are
+// OpenBLAS picks its kernels when the library loads, before main, from OPENBLAS_CORETYPE or
+// its own CPU detection, and both can be wrong: an inherited OPENBLAS_CORETYPE=Haswell
+// halves f32 GEMM speed on AVX-512 CPUs (toolchain.md), and OpenBLAS 0.3.21 does not know
+// recent Xeons and falls back to its generic Prescott kernels (28 instead of 110 GFLOPS on
+// one core here; scripts/openblas_coretype.sh makes the same choice for the tests). So
+// when the running core is a generic fallback, or a forced Haswell on an AVX-512 CPU, start
+// again with the core this CPU's flags call for. SQLAB_KEEP_CORETYPE=1 keeps OpenBLAS's.
+const char* core_for_this_cpu() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+  return nullptr;
+}
+
+bool generic_core(std::string name) {
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (const char* generic : {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "katmai",
+                              "coppermine", "northwood", "banias", "unknown"})
+    if (name == generic) return true;
+  return false;
+}
+
+void reexec_with_fast_openblas(char** argv) {
+  if (std::getenv("SQLAB_KEEP_CORETYPE") || std::getenv("SQLAB_OPENBLAS_CHOSEN")) return;
+  using CoreName = char* (*)();
+  const auto corename = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  const char* best = core_for_this_cpu();
+  if (!corename || !corename() || !best) return;
+  const std::string running = corename();
+  const char* forced = std::getenv("OPENBLAS_CORETYPE");
+  const bool slow_forced = forced && strcasecmp(running.c_str(), "Haswell") == 0 && std::string(best) == "SkylakeX";
+  if (!generic_core(running) && !slow_forced) return;
+  setenv("OPENBLAS_CORETYPE", best, 1);
+  setenv("SQLAB_OPENBLAS_CHOSEN", "1", 1);  // once: never loop
+  execv("/proc/self/exe", argv);            // returns only on failure: carry on as we are
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  reexec_without_coretype(argv);
+  reexec_with_fast_openblas(argv);
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     fmt::print(args.empty() ? stderr : stdout, "{}", kUsage);
