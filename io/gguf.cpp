@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +17,7 @@
 #include <stdexcept>
 
 #include "core/error.h"
+#include "io/mapped_file.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "GGUF files are read as little-endian");
 
@@ -695,36 +695,9 @@ GgufHeader parse_gguf_header(const uint8_t* bytes, size_t available, uint64_t fi
 
 // ---------------------------------------------------------------- GgufFile
 
-GgufFile::GgufFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(path, "not a regular file");
-  }
-  size_ = static_cast<size_t>(st.st_size);
-  if (size_ > 0) {
-    void* map = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      fail(path, fmt::format("cannot map: {}", std::strerror(err)));
-    }
-    map_ = static_cast<const uint8_t*>(map);
-  }
-  ::close(fd);  // the mapping stays valid
-  try {
-    header_ = parse_gguf_header(map_, size_, size_, path);
-  } catch (...) {
-    if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
-    throw;
-  }
+GgufFile::GgufFile(const std::string& path) : path_(path), file_(path, "gguf") {
+  header_ = parse_gguf_header(file_.data(), file_.size(), file_.size(), path);
   for (size_t i = 0; i < header_.tensors.size(); ++i) index_[header_.tensors[i].name] = i;
-}
-
-GgufFile::~GgufFile() {
-  if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
 }
 
 const GgufTensorInfo* GgufFile::find(const std::string& name) const {
@@ -746,7 +719,7 @@ std::vector<std::string> GgufFile::names() const {
 
 std::pair<const uint8_t*, size_t> GgufFile::bytes(const std::string& name) const {
   const GgufTensorInfo& t = info(name);
-  return {map_ + header_.data_start + t.offset, static_cast<size_t>(t.nbytes)};
+  return {file_.data() + header_.data_start + t.offset, static_cast<size_t>(t.nbytes)};
 }
 
 at::Tensor GgufFile::tensor(const std::string& name) const {

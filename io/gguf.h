@@ -22,6 +22,8 @@
 #include <variant>
 #include <vector>
 
+#include "io/mapped_file.h"
+
 #include "io/gguf_quants.h"
 
 namespace sqlab {
@@ -163,7 +165,6 @@ GgufHeader parse_gguf_header(const uint8_t* bytes, size_t available, uint64_t fi
 class GgufFile {
  public:
   explicit GgufFile(const std::string& path);
-  ~GgufFile();
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
 
@@ -190,8 +191,7 @@ class GgufFile {
 
  private:
   std::string path_;
-  const uint8_t* map_ = nullptr;
-  size_t size_ = 0;
+  MappedFile file_;
   GgufHeader header_;
   std::map<std::string, size_t> index_;  // name -> tensors() position
 };

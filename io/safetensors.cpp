@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/mapped_file.h"
 #include "core/json_nesting.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian");
@@ -182,36 +182,9 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, size_t availabl
 
 // ---------------------------------------------------------------- SafetensorsFile
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(path, "not a regular file");
-  }
-  size_ = static_cast<size_t>(st.st_size);
-  if (size_ > 0) {
-    void* map = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      fail(path, fmt::format("cannot map: {}", std::strerror(err)));
-    }
-    map_ = static_cast<const uint8_t*>(map);
-  }
-  ::close(fd);  // the mapping stays valid
-  try {
-    header_ = parse_safetensors_header(map_, size_, size_, path);
-  } catch (...) {
-    if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
-    throw;
-  }
+SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path), file_(path, "safetensors") {
+  header_ = parse_safetensors_header(file_.data(), file_.size(), file_.size(), path);
   for (size_t i = 0; i < header_.entries.size(); ++i) index_[header_.entries[i].name] = i;
-}
-
-SafetensorsFile::~SafetensorsFile() {
-  if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
 }
 
 const SafetensorsEntry* SafetensorsFile::find(const std::string& name) const {
@@ -233,7 +206,7 @@ std::vector<std::string> SafetensorsFile::names() const {
 
 std::pair<const uint8_t*, size_t> SafetensorsFile::bytes(const std::string& name) const {
   const SafetensorsEntry& e = require(name);
-  return {map_ + header_.data_start + e.begin, static_cast<size_t>(e.end - e.begin)};
+  return {file_.data() + header_.data_start + e.begin, static_cast<size_t>(e.end - e.begin)};
 }
 
 at::Tensor SafetensorsFile::tensor(const std::string& name, at::ScalarType dtype) const {

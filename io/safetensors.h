@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "io/mapped_file.h"
+
 namespace sqlab {
 
 // One header entry. dtype is the safetensors name ("F32", "BF16", "I64", ...): every
@@ -55,7 +57,6 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, size_t availabl
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::string& path);
-  ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
@@ -80,8 +81,7 @@ class SafetensorsFile {
  private:
   const SafetensorsEntry& require(const std::string& name) const;
   std::string path_;
-  const uint8_t* map_ = nullptr;
-  size_t size_ = 0;
+  MappedFile file_;
   SafetensorsHeader header_;
   std::map<std::string, size_t> index_;  // name -> entries_ position
 };

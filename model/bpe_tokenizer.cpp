@@ -9,12 +9,12 @@
 #include <array>
 #include <map>
 #include <mutex>
-#include <queue>
 #include <shared_mutex>
 #include <unordered_map>
 #include <utility>
 
 #include "core/error.h"
+#include "model/pair_merge.h"
 
 namespace sqlab {
 
@@ -471,8 +471,7 @@ class BpeTokenizer : public Tokenizer {
   }
 
   // The piece's byte tokens merged by rank: repeatedly the adjacent pair of the lowest
-  // merge rank, the leftmost one on ties (HF BPE's heap order), with a heap of candidate
-  // pairs over a linked list and lazy invalidation.
+  // merge rank, the leftmost one on ties (HF BPE's heap order): model/pair_merge.h.
   std::vector<int32_t> merge_bytes(const std::string& bytes) const {
     const ByteMap& bm = byte_map();
     if (ignore_merges_) {
@@ -485,46 +484,13 @@ class BpeTokenizer : public Tokenizer {
     ids.reserve(bytes.size());
     for (const unsigned char b : bytes)
       if (byte_id_[b] >= 0) ids.push_back(byte_id_[b]);
-    const int64_t n = static_cast<int64_t>(ids.size());
-    if (n < 2) return ids;
-    std::vector<int64_t> next(n), prev(n);
-    for (int64_t i = 0; i < n; ++i) {
-      next[i] = i + 1 < n ? i + 1 : -1;
-      prev[i] = i - 1;
-    }
-    struct Candidate {
-      int32_t rank;
-      int64_t left;
-      int32_t left_id, right_id, merged;
-    };
-    struct Worse {
-      bool operator()(const Candidate& x, const Candidate& y) const {
-        return x.rank != y.rank ? x.rank > y.rank : x.left > y.left;
-      }
-    };
-    std::priority_queue<Candidate, std::vector<Candidate>, Worse> heap;
-    const auto consider = [&](int64_t i) {
-      if (i < 0 || next[i] < 0) return;
-      const auto it = merges_.find(pair_key(ids[i], ids[next[i]]));
-      if (it != merges_.end()) heap.push({it->second.rank, i, ids[i], ids[next[i]], it->second.merged});
-    };
-    for (int64_t i = 0; i + 1 < n; ++i) consider(i);
-    while (!heap.empty()) {
-      const Candidate c = heap.top();
-      heap.pop();
-      const int64_t i = c.left, j = next[i];
-      if (ids[i] != c.left_id || j < 0 || ids[j] != c.right_id) continue;  // stale
-      ids[i] = c.merged;
-      ids[j] = -1;
-      next[i] = next[j];
-      if (next[j] >= 0) prev[next[j]] = i;
-      consider(prev[i]);
-      consider(i);
-    }
-    std::vector<int32_t> out;
-    out.reserve(n);
-    for (int64_t i = 0; i >= 0; i = next[i]) out.push_back(ids[i]);
-    return out;
+    return merge_adjacent_pairs(std::move(ids), [&](int32_t a, int32_t b, double* priority, int32_t* merged) {
+      const auto it = merges_.find(pair_key(a, b));
+      if (it == merges_.end()) return false;
+      *priority = it->second.rank;
+      *merged = it->second.merged;
+      return true;
+    });
   }
 
   static constexpr size_t kCacheLimit = 1 << 19;

@@ -11,11 +11,7 @@
 // w1 = gate, w3 = up, w2 = down. q/k rows are in the interleaved rotary layout there
 // and in the rotate-half layout in LlamaWeights (see checkpoint.cpp).
 #include <ATen/ATen.h>
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
@@ -24,6 +20,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "io/mapped_file.h"
 #include "model/checkpoint.h"
 
 namespace sqlab {
@@ -41,41 +38,6 @@ int32_t read_i32(const uint8_t* p) {
 }
 
 std::string origin_of(const std::string& path) { return fmt::format("llama2.c checkpoint '{}'", path); }
-
-// A read-only memory mapping of a whole file, unmapped on destruction.
-class MappedFile {
- public:
-  explicit MappedFile(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY);
-    if (fd < 0) throw config_error(fmt::format("{}: cannot open: {}", origin_of(path), std::strerror(errno)));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw config_error(fmt::format("{}: not a regular file", origin_of(path)));
-    }
-    size_ = static_cast<size_t>(st.st_size);
-    if (size_ > 0) {
-      void* m = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (m == MAP_FAILED) {
-        ::close(fd);
-        throw Error(fmt::format("{}: cannot map: {}", origin_of(path), std::strerror(errno)));
-      }
-      data_ = static_cast<const uint8_t*>(m);
-    }
-    ::close(fd);
-  }
-  ~MappedFile() {
-    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-  }
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  const uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
-
- private:
-  const uint8_t* data_ = nullptr;
-  size_t size_ = 0;
-};
 
 // Reads consecutive float32 tensors from the mapping; never past its end.
 class TensorCursor {
@@ -194,7 +156,7 @@ LlamaConfig parse_llama2c_header(const uint8_t* bytes, size_t available, uint64_
 
 LlamaWeights load_llama2c(const std::string& path) {
   const std::string origin = origin_of(path);
-  const MappedFile file(path);
+  const MappedFile file(path, "llama2.c checkpoint");
   size_t header = 0;
   bool shared = false;
   LlamaWeights w;

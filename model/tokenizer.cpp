@@ -15,12 +15,12 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <queue>
 #include <sstream>
 #include <unordered_map>
 
 #include "core/error.h"
 #include "model/gguf_checkpoint.h"
+#include "model/pair_merge.h"
 
 namespace sqlab {
 
@@ -150,52 +150,14 @@ class Llama2cTokenizer : public Tokenizer {
     return ids;
   }
 
-  struct Candidate {
-    float score;
-    int64_t left;  // position of the left token in the initial sequence (= order)
-    int32_t left_id, right_id, merged;
-  };
-  struct Worse {  // max-heap: higher score first, then the leftmost pair (run.c's scan)
-    bool operator()(const Candidate& a, const Candidate& b) const {
-      return a.score != b.score ? a.score < b.score : a.left > b.left;
-    }
-  };
-
   // run.c merges, until none applies, the adjacent pair whose concatenation is a token
-  // of the highest score (the first such pair on ties). A heap of the current pairs
-  // with lazy invalidation picks the same pair in O(log n) instead of a full scan.
+  // of the highest score (the first such pair on ties): model/pair_merge.h.
   void merge(std::vector<int32_t>& ids) const {
-    const int64_t n = static_cast<int64_t>(ids.size());
-    if (n < 2) return;
-    std::vector<int64_t> next(n), prev(n);
-    for (int64_t i = 0; i < n; ++i) {
-      next[i] = i + 1 < n ? i + 1 : -1;
-      prev[i] = i - 1;
-    }
-    std::priority_queue<Candidate, std::vector<Candidate>, Worse> heap;
-    const auto consider = [&](int64_t i) {
-      if (i < 0 || next[i] < 0) return;
-      const int32_t a = ids[i], b = ids[next[i]];
-      const int32_t m = find(vocab_.pieces[a] + vocab_.pieces[b]);
-      if (m >= 0) heap.push({vocab_.scores[m], i, a, b, m});
-    };
-    for (int64_t i = 0; i + 1 < n; ++i) consider(i);
-    while (!heap.empty()) {
-      const Candidate c = heap.top();
-      heap.pop();
-      const int64_t i = c.left, j = next[i];
-      if (ids[i] != c.left_id || j < 0 || ids[j] != c.right_id) continue;  // stale
-      ids[i] = c.merged;
-      ids[j] = -1;
-      next[i] = next[j];
-      if (next[j] >= 0) prev[next[j]] = i;
-      consider(prev[i]);
-      consider(i);
-    }
-    std::vector<int32_t> out;
-    out.reserve(n);
-    for (int64_t i = 0; i >= 0; i = next[i]) out.push_back(ids[i]);
-    ids.swap(out);
+    ids = merge_adjacent_pairs(std::move(ids), [&](int32_t a, int32_t b, double* priority, int32_t* merged) {
+      *merged = find(vocab_.pieces[a] + vocab_.pieces[b]);
+      *priority = *merged >= 0 ? -static_cast<double>(vocab_.scores[*merged]) : 0.0;
+      return *merged >= 0;
+    });
   }
 
   Llama2cVocab vocab_;

@@ -39,19 +39,9 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using Ids = std::vector<int64_t>;
+using testing::expect_config_error;
 using testing::smollm2_gguf_path;
 using testing::smollm2_missing_message;
-
-void expect_config_error(const std::function<void()>& f, const std::vector<std::string>& fragments) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected: " << fragments.front();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::config) << e.what();
-    for (const std::string& fragment : fragments)
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << "'" << fragment << "' not in: " << e.what();
-  }
-}
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);

@@ -538,23 +538,26 @@ TEST(CheckpointErrors, BadInputCorpusCasesFailInTheLoaders) {
     ++cases;
     const YAML::Node node = YAML::LoadFile((entry.path() / "case.yaml").string());
     const auto command = node["command"].as<std::vector<std::string>>();
-    std::string model, tok;
+    std::string model, tok, format = "auto";
     for (size_t i = 0; i + 1 < command.size(); ++i) {
       if (command[i] == "--model") model = (entry.path() / command[i + 1]).string();
       if (command[i] == "--tokenizer") tok = (entry.path() / command[i + 1]).string();
+      if (command[i] == "--set" && command[i + 1].rfind("format=", 0) == 0) format = command[i + 1].substr(7);
     }
+    const bool one_file = tok.empty() || tok == model;  // a GGUF model carries its tokenizer
+    if (tok.empty()) tok = model;
     const std::vector<std::string> fragments = node["message"].IsSequence()
                                                    ? node["message"].as<std::vector<std::string>>()
                                                    : std::vector<std::string>{node["message"].as<std::string>()};
     if (checkpoint) {
-      EXPECT_NO_THROW(load_tokenizer(tok));
-      expect_config_error([&] { load_checkpoint(model); }, fragments);
+      if (!one_file) EXPECT_NO_THROW(load_tokenizer(tok));
+      expect_config_error([&] { load_checkpoint(model, format); }, fragments);
     } else {
-      EXPECT_NO_THROW(load_checkpoint(model));
+      EXPECT_NO_THROW(load_checkpoint(model, format));
       expect_config_error([&] { load_tokenizer(tok); }, fragments);
     }
   }
-  EXPECT_GE(cases, 12);
+  EXPECT_GE(cases, 23);
 }
 
 }  // namespace

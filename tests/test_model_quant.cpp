@@ -27,6 +27,8 @@
 namespace sqlab {
 namespace {
 
+using testing::make_method;
+
 LlamaConfig tiny_config() {
   LlamaConfig c;
   c.dim = 32;
@@ -50,18 +52,6 @@ struct NullLog : FitLog {
   void metric(const std::string& name, double value) override { metrics[name] = value; }
   void warn(const std::string&) override {}
 };
-
-std::unique_ptr<RotationMethod> make_method(const std::string& yaml) {
-  static MethodRegistry registry = [] {
-    MethodRegistry r{"method"};
-    register_builtin_methods(r);
-    return r;
-  }();
-  YAML::Node node = YAML::Load(yaml);
-  ConfigReader reader(node, "test", "methods.x");
-  reader.raw("method");
-  return registry.create(node["method"].as<std::string>(), reader);
-}
 
 ModelQuantConfig quant_config(const std::string& yaml) {
   return parse_model_quant_config(YAML::Load(yaml), "test", nullptr);

@@ -31,6 +31,8 @@
 namespace sqlab {
 namespace {
 
+using testing::make_method;
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
@@ -168,18 +170,6 @@ struct SilentLog : FitLog {
   void metric(const std::string&, double) override {}
   void warn(const std::string&) override {}
 };
-
-std::unique_ptr<RotationMethod> make_method(const std::string& yaml) {
-  static MethodRegistry registry = [] {
-    MethodRegistry r{"method"};
-    register_builtin_methods(r);
-    return r;
-  }();
-  YAML::Node node = YAML::Load(yaml);
-  ConfigReader reader(node, "test", "methods.x");
-  reader.raw("method");
-  return registry.create(node["method"].as<std::string>(), reader);
-}
 
 // The first layers of SmolLM2 (its real weights and the massive activations they make,
 // with the final norm and the tied head): a prefix keeps the test's cost at a few

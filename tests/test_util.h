@@ -14,10 +14,27 @@
 
 #include <gtest/gtest.h>
 
+#include <yaml-cpp/yaml.h>
+
 #include "core/config.h"
 #include "core/error.h"
+#include "core/method.h"
+#include "methods/builtin.h"
 
 namespace sqlab::testing {
+
+// A built-in method from a method entry in YAML, e.g. "{method: singlequant, components: [art]}".
+inline std::unique_ptr<RotationMethod> make_method(const std::string& yaml) {
+  static MethodRegistry registry = [] {
+    MethodRegistry r{"method"};
+    register_builtin_methods(r);
+    return r;
+  }();
+  YAML::Node node = YAML::Load(yaml);
+  ConfigReader reader(node, "test", "methods.x");
+  reader.raw("method");
+  return registry.create(node["method"].as<std::string>(), reader);
+}
 
 // SmolLM2-135M-Instruct (Q4_1 GGUF) in the model cache, fetched by `make models`
 // (scripts/fetch_models.sh; `make test` runs it). Tests that need it fail when it is
