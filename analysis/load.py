@@ -14,6 +14,8 @@ import h5py
 import numpy as np
 import yaml
 
+from . import rotations
+
 
 class ResultsError(Exception):
     """The directory is not a readable sqlab results directory."""
@@ -62,15 +64,17 @@ class Run:
     rotation_sites: list = field(default_factory=list)
     channels: dict = field(default_factory=dict)  # site -> name -> per-channel array
 
-    def rotation(self, site):
-        """The dense rotation of `site` (R, or R1 (x) R2 when stored as factors; T for a
-        transform that is not orthogonal, whose weights map by T_w = T^-T)."""
+    def rotation_factors(self, site):
+        """The tensors stored for `site`'s rotation ({name: array}); analysis.rotations
+        says which form they are and rebuilds R or applies it."""
         with h5py.File(self.path, "r") as f:
-            group = f["rotations"][site]
-            for name in ("R", "T"):
-                if name in group:
-                    return np.asarray(group[name][()])
-            return np.kron(np.asarray(group["R1"][()]), np.asarray(group["R2"][()]))
+            return {name: np.asarray(data[()]) for name, data in f["rotations"][site].items()}
+
+    def rotation(self, site):
+        """The dense rotation of `site` (x -> x @ R), from whichever form it was stored in
+        (analysis.rotations); T for a transform that is not orthogonal, whose weights map
+        by T_w = T^-T.  n^2 * 8 bytes: use rotations.apply for large n."""
+        return rotations.dense(self.rotation_factors(site))
 
     @property
     def warnings(self):

@@ -1,7 +1,9 @@
-// sqlab export: each run's /rotations/SITE/{R | R1, R2, ...} become tensors SITE.R or
-// SITE.R1, SITE.R2 (R = R1 (x) R2, numpy.kron order; a token row x maps to x @ R) in
-// RUN_ID.safetensors, with metadata method, options (the method entry as JSON),
-// run_id, label and seed; or one RUN_ID.SITE.FACTOR.npy per tensor plus RUN_ID.json.
+// sqlab export: each run's /rotations/SITE/ tensors (one stored form per rotation type,
+// rotations/stored_form.h: R; R1, R2; H_base, signs; blocks; source; T, T_w) become tensors
+// SITE.NAME in RUN_ID.safetensors, with metadata method, options (the method entry as JSON),
+// run_id, label, seed, forms ({site: form} as JSON) and layout (the reconstruction of each
+// form present, one line per form); or one RUN_ID.SITE.NAME.npy per tensor plus RUN_ID.json.
+// --dense writes every orthogonal rotation as its dense SITE.R instead, whatever its size.
 // Tensors stay float64, as in the run file: float32 would lose orthogonality at
 // about 1e-7 per entry, and the user's pipeline can cast when it fuses.
 #include "app/cli_args.h"
@@ -15,6 +17,7 @@
 #include <charconv>
 #include <filesystem>
 #include <iostream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -22,13 +25,14 @@
 #include "core/system.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
+#include "rotations/stored_form.h"
 
 namespace sqlab {
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
 namespace {
 
-const char* kUsage = "sqlab export RESULTS_DIR [--run RUN_ID]... [--format safetensors|npy] --out DIR";
+const char* kUsage = "sqlab export RESULTS_DIR [--run RUN_ID]... [--format safetensors|npy] [--dense] --out DIR";
 
 // A YAML scalar as the JSON value it reads as: quoted scalars stay strings.
 nlohmann::json scalar_json(const YAML::Node& node) {
@@ -60,13 +64,31 @@ nlohmann::json yaml_to_json(const YAML::Node& node) {
   return nullptr;
 }
 
-std::map<std::string, std::string> metadata_of(const RunRecord& run) {
+using SiteFactors = std::map<std::string, std::map<std::string, at::Tensor>>;
+
+// {site: form} and the layout line of each form present, in the order of stored_forms().
+std::pair<nlohmann::json, std::string> forms_of(const SiteFactors& rotations) {
+  nlohmann::json forms = nlohmann::json::object();
+  std::set<std::string> present;
+  for (const auto& [site, factors] : rotations) {
+    const StoredForm& form = stored_form_of(factors);
+    forms[site] = form.name;
+    present.insert(form.name);
+  }
+  std::vector<std::string> lines;
+  for (const StoredForm& form : stored_forms())
+    if (present.count(form.name)) lines.push_back(form.name + ": " + form.layout);
+  return {forms, fmt::format("{}", fmt::join(lines, "\n"))};
+}
+
+std::map<std::string, std::string> metadata_of(const RunRecord& run, const SiteFactors& rotations) {
+  const auto [forms, layout] = forms_of(rotations);
   std::map<std::string, std::string> meta{{"run_id", run.run_id},
                                           {"label", run.label},
                                           {"method", run.method},
                                           {"seed", std::to_string(run.seed)},
-                                          {"layout", "R = R1 (x) R2 (numpy.kron); a row x maps to x @ R, W to W @ R; a transform that is not "
-                                                     "orthogonal (smoothquant) is T and T_w: x @ T, W @ T_w"},
+                                          {"forms", forms.dump()},
+                                          {"layout", layout},
                                           {"format", "sqlab rotations 1"}};
   nlohmann::json options = nlohmann::json::object();
   try {
@@ -79,9 +101,27 @@ std::map<std::string, std::string> metadata_of(const RunRecord& run) {
   return meta;
 }
 
-std::vector<std::pair<std::string, at::Tensor>> tensors_of(const RunRecord& run) {
+// --dense: every orthogonal rotation as its dense R (a transform keeps T and T_w), with the
+// bytes each costs on stderr when it was stored in a smaller form.
+SiteFactors densified(const SiteFactors& rotations) {
+  SiteFactors dense;
+  for (const auto& [site, factors] : rotations) {
+    const std::string& form = stored_form_of(factors).name;
+    if (form == "dense" || form == "transform") {
+      dense[site] = factors;
+      continue;
+    }
+    at::Tensor r = dense_from_factors(factors);
+    fmt::print(stderr, "export --dense: {}.R is {} x {} float64, {:.3g} GB (stored as {})\n", site, r.size(0),
+               r.size(1), static_cast<double>(r.numel()) * 8.0 / 1e9, form);
+    dense[site] = {{"R", std::move(r)}};
+  }
+  return dense;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> tensors_of(const SiteFactors& rotations) {
   std::vector<std::pair<std::string, at::Tensor>> tensors;
-  for (const auto& [site, factors] : run.rotations)
+  for (const auto& [site, factors] : rotations)
     for (const auto& [factor, matrix] : factors)
       tensors.emplace_back(site + "." + factor, matrix.to(at::kDouble).contiguous());
   return tensors;
@@ -93,9 +133,10 @@ std::string describe(const std::vector<std::pair<std::string, at::Tensor>>& tens
   return fmt::format("{}", fmt::join(parts, ", "));
 }
 
-void export_run(const RunRecord& run, const std::string& format, const fs::path& out) {
-  const auto tensors = tensors_of(run);
-  const auto meta = metadata_of(run);
+void export_run(const RunRecord& run, const std::string& format, bool dense, const fs::path& out) {
+  const SiteFactors rotations = dense ? densified(run.rotations) : run.rotations;
+  const auto tensors = tensors_of(rotations);
+  const auto meta = metadata_of(run, rotations);
   if (format == "safetensors") {
     const fs::path file = out / (run.run_id + ".safetensors");
     write_safetensors(file.string(), tensors, meta);
@@ -122,6 +163,7 @@ int command_export(const std::vector<std::string>& args) {
   options.add_options()("results", po::value<std::string>(), "results directory (holds runs/*.h5)")(
       "run", po::value<std::vector<std::string>>()->composing(), "export only this run (repeatable)")(
       "format", po::value<std::string>()->default_value("safetensors"), "safetensors | npy")(
+      "dense", po::bool_switch(), "write every orthogonal rotation as its dense SITE.R, whatever its size")(
       "out", po::value<std::string>(), "output directory (created if missing)");
   po::positional_options_description positional;
   positional.add("results", 1);
@@ -167,6 +209,11 @@ int command_export(const std::vector<std::string>& args) {
       skipped.push_back(fmt::format("{} (no rotations recorded)", id));
       continue;
     }
+    try {
+      forms_of(run.rotations);
+    } catch (const Error& e) {
+      throw config_error(fmt::format("export: {}: {}", path, e.what()));
+    }
     runs.push_back(std::move(run));
   }
   if (runs.empty())
@@ -176,7 +223,7 @@ int command_export(const std::vector<std::string>& args) {
   const fs::path out(vm["out"].as<std::string>());
   fs::create_directories(out, ec);
   if (ec) throw config_error(fmt::format("export: cannot create '{}': {}", out.string(), ec.message()));
-  for (const RunRecord& run : runs) export_run(run, format, out);
+  for (const RunRecord& run : runs) export_run(run, format, vm["dense"].as<bool>(), out);
   for (const std::string& s : skipped) fmt::print(stderr, "export: skipped {}\n", s);
   return 0;
 }

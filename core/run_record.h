@@ -36,7 +36,8 @@ struct RunRecord {
   std::map<std::string, std::map<std::string, std::vector<double>>> site_channels;
   std::map<std::string, Trace> traces;
   std::map<std::string, Histogram> histograms;
-  // site -> factor name ("R", or "R1" and "R2") -> dense matrix (float64 on disk).
+  // site -> factor name -> tensor (float64 on disk): the rotation's factors(), one stored form
+  // per rotation type (rotations/stored_form.h: R; R1, R2; H_base, signs; blocks; source; T, T_w).
   std::map<std::string, std::map<std::string, at::Tensor>> rotations;
   std::map<std::string, double> timing;  // seconds
 };

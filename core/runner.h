@@ -50,6 +50,10 @@ PreparedRun prepare_run(const Experiment& experiment, const RunSpec& run, const 
 // site-level runner and the model-level backend fill in the rest).
 RunRecord new_run_record(const RunSpec& spec);
 
+// Closes a run's /timing, whose stages are disjoint: `unattributed` = total minus the sum of
+// the stages recorded (what no stage measured), then `total`.
+void finish_timing(RunRecord& record, double total_seconds);
+
 // For load_experiment: prepare_run as the check of the first sweep point's runs.
 RunCheck prepare_check(const Registries& registries);
 

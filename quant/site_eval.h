@@ -22,10 +22,17 @@ struct SiteEvaluation {
   Histogram act_after;   // of X R
   std::vector<double> channel_absmax_before;  // max_t |X_tj| per channel j
   std::vector<double> channel_absmax_after;   // max_t |(XR)_tj|
-  double apply_seconds = 0.0;         // X R and the weights' W R
-  double fuse_seconds = 0.0;          // W R alone (the weight-side pass: fuse, then quantize)
+  // Seconds per stage; the stages are disjoint and together are the whole call.
+  double rotate_seconds = 0.0;        // X R (the activations)
+  double fuse_seconds = 0.0;          // W R (the weight-side pass: fuse, then quantize)
   double weight_quant_seconds = 0.0;  // Q(W R)
+  double metrics_seconds = 0.0;       // Q(X R), the two output products and every metric above
+  double histogram_seconds = 0.0;     // the two histograms
+  double apply_seconds = 0.0;         // rotate + fuse: X R and W R (the per-site apply_seconds metric)
 };
+
+// invariance_error is measured on at most this many (the first) tokens.
+constexpr int64_t kInvarianceTokens = 16;
 
 struct EvalOptions {
   int histogram_bins = 128;  // 0: no histograms

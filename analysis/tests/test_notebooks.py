@@ -64,7 +64,8 @@ class Notebooks(unittest.TestCase):
         self.assertGreaterEqual(len(images), 3)  # convergence, traces, histograms
         text = "".join("".join(o.get("text", "")) for o in outputs(notebook))
         self.assertIn("fixture_ablation: 4 runs", text)
-        self.assertIn("(32, 32) max |RᵀR - I|", text)
+        self.assertIn("n = 32 stored as dense", text)
+        self.assertRegex(text, r"max \|RᵀR - I\| = [0-9.e-]+  apply vs dense: 0\.0")
 
     def test_reproduce_figures(self):
         code, stderr, notebook = self.reproduce
