@@ -83,8 +83,16 @@ record: {histograms: false, eval_tokens: 16}
   for (const auto& e : std::filesystem::directory_iterator(file)) path = e.path().string();
   const RunRecord record = read_run_summary(path);
   EXPECT_EQ(record.site_metrics.size(), 4u);  // layer0.q, layer0.down, layer1.q, layer1.down
-  for (const char* stage : {"statistics", "generate", "build", "fuse", "quantize", "total"})
+  for (const char* stage : {"statistics", "generate", "check", "build", "apply", "fuse", "quantize", "metrics",
+                            "record", "unattributed", "total"})
     EXPECT_TRUE(record.timing.count(stage)) << stage;
+  // Disjoint stages: with `unattributed` they add up to the total.
+  double sum = 0.0;
+  for (const auto& [stage, seconds] : record.timing)
+    if (stage != "total") sum += seconds;
+  EXPECT_NEAR(sum, record.timing.at("total"), 1e-9);
+  EXPECT_NEAR(record.metrics.at("quantization_pass_seconds"),
+              record.timing.at("build") + record.timing.at("fuse") + record.timing.at("quantize"), 1e-9);
   EXPECT_GT(record.metrics.at("peak_rss_mib"), 1.0);
   EXPECT_LT(record.metrics.at("invariance_error"), 1e-5);
   // eval_tokens: 16 of 48 tokens, and the planted outlier token 0 is among them.

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "core/random.h"
 #include "quant/histogram.h"
@@ -91,6 +92,38 @@ TEST(SiteEvaluation, BadSitesAreNamed) {
   Site mismatched = random_site(4, 8, 2);
   mismatched.W = at::randn({2, 9});
   EXPECT_THROW(check_site(mismatched), std::exception);
+}
+
+// The one-pass check (float32 and float64, contiguous or not): a single NaN, +Inf or -Inf
+// anywhere in a matrix larger than one parallel chunk, and the largest finite values pass.
+TEST(SiteEvaluation, NonFiniteFoundAnywhere) {
+  for (const auto dtype : {at::kFloat, at::kDouble}) {
+    Site site = random_site(1200, 1024, 3);  // X has 1.2 M entries: more than one 2^20 chunk
+    site.X = site.X.to(dtype);
+    site.W = site.W.to(dtype);
+    site.X[0][0] = dtype == at::kFloat ? std::numeric_limits<float>::max() : std::numeric_limits<double>::max();
+    site.X[1199][1023] = -site.X[0][0];
+    EXPECT_NO_THROW(check_site(site));
+    for (const double bad : {std::nan(""), HUGE_VAL, -HUGE_VAL}) {
+      for (const int64_t flat : {int64_t{0}, int64_t{700000}, int64_t{1200 * 1024 - 1}}) {
+        Site broken = site;
+        broken.X = site.X.clone();
+        broken.X.view({-1})[flat] = bad;
+        EXPECT_THROW(check_site(broken), std::exception) << bad << " at " << flat;
+        broken.X = broken.X.t().contiguous().t();  // not contiguous: the ATen path
+        EXPECT_THROW(check_site(broken), std::exception) << bad << " at " << flat << " (strided)";
+      }
+    }
+  }
+}
+
+TEST(Metrics, FusedSumsMatchFloat64) {
+  const at::Tensor a = at::randn({1500, 1000}, make_generator(2, "a"), at::kFloat) * 1e3;
+  const at::Tensor b = a + at::randn({1500, 1000}, make_generator(2, "b"), at::kFloat);
+  const double exact = (a.to(at::kDouble) - b.to(at::kDouble)).pow(2).sum().item<double>() /
+                       b.to(at::kDouble).pow(2).sum().item<double>();
+  EXPECT_NEAR(relative_error(a, b), std::sqrt(exact), 1e-12 * std::sqrt(exact));
+  EXPECT_NEAR(relative_error(a.t(), b.t()), std::sqrt(exact), 1e-12 * std::sqrt(exact));  // strided: ATen path
 }
 
 }  // namespace
