@@ -1,6 +1,8 @@
 #include "rotations/hadamard_matrices.h"
 
+#include <algorithm>
 #include <map>
+#include <set>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -13,7 +15,7 @@ namespace {
 using Matrix = std::vector<int8_t>;  // row-major, square
 
 // ---------------------------------------------------------------------------------------------
-// GF(q) for q = p^k, k <= 3 (enough for the q = 25 and q = 27 Paley constructions).
+// GF(q) for q = p^k, k <= 3 (q = 25, 27, 49, 121, 125, ... for the Paley constructions).
 // Elements are encoded as integers 0..q-1 whose base-p digits are polynomial coefficients;
 // arithmetic is modulo a monic irreducible polynomial of degree k.
 
@@ -210,47 +212,142 @@ Matrix goethals_seidel(const char* const rows[4], int w) {
 
 // ---------------------------------------------------------------------------------------------
 
-Matrix build(int64_t m) {
-  switch (m) {
-    case 1: return Matrix{1};
-    case 12: return paley_1(FiniteField(11, 1));
-    case 20: return paley_1(FiniteField(19, 1));
-    case 28: return paley_1(FiniteField(3, 3));  // q = 27
-    case 36: return paley_2(FiniteField(17, 1));
-    case 40: return sylvester_double(build(20), 20);
-    case 52: return paley_2(FiniteField(5, 2));  // q = 25
-    case 60: return paley_1(FiniteField(59, 1));
-    case 108: return paley_1(FiniteField(107, 1));
-    case 140: return paley_1(FiniteField(139, 1));
-    case 156: return goethals_seidel(kGs39, 39);
-    case 172: return goethals_seidel(kWilliamson43, 43);
-    default: return Matrix{};
+// Which rule builds order m, tried in this order (the first that applies is used):
+//   1             the 1 x 1 matrix
+//   table         Goethals-Seidel from the Williamson-type sequences above (156, 172)
+//   Paley I       q = m - 1 a prime power p^k (k <= 3), q = 3 mod 4
+//   Paley II      q = m / 2 - 1 a prime power p^k (k <= 3), q = 1 mod 4
+//   doubling      [[H, H], [H, -H]] of a constructible m / 2
+//   Kronecker     H_a (x) H_b for constructible a, b >= 4 with a b = m (smallest a first)
+// Orders up to kMaxBaseOrder are considered (a base of 2048 x 2048 int8 is 4 MiB).
+constexpr int64_t kMaxBaseOrder = 2048;
+
+// q = p^k with p prime and 1 <= k <= 3 (what FiniteField implements).
+bool small_prime_power(int64_t q, int* p, int* k) {
+  if (q < 2) return false;
+  int64_t base = 2;
+  while (base * base <= q && q % base != 0) ++base;
+  if (q % base != 0) base = q;  // q is prime
+  int64_t rest = q;
+  int exponent = 0;
+  while (rest % base == 0) {
+    rest /= base;
+    ++exponent;
   }
+  if (rest != 1 || exponent > 3) return false;
+  *p = static_cast<int>(base);
+  *k = exponent;
+  return true;
 }
 
-bool is_base_order(int64_t m) {
-  for (int64_t b : hadamard_base_orders())
-    if (b == m) return true;
-  return false;
+struct Rule {
+  enum Kind { none, one, table, paley1, paley2, doubling, kronecker } kind = none;
+  int64_t a = 0;  // Paley: q; doubling: m / 2; Kronecker: the first factor
+  int p = 0, k = 0;
+};
+
+Rule rule_for(int64_t m) {
+  Rule r;
+  if (m == 1) return {Rule::one};
+  if (m < 4 || m % 4 != 0 || m > kMaxBaseOrder) return r;
+  if (m == 156 || m == 172) return {Rule::table, m / 4};
+  if (small_prime_power(m - 1, &r.p, &r.k) && (m - 1) % 4 == 3) {
+    r.kind = Rule::paley1;
+    r.a = m - 1;
+    return r;
+  }
+  if (small_prime_power(m / 2 - 1, &r.p, &r.k) && (m / 2 - 1) % 4 == 1) {
+    r.kind = Rule::paley2;
+    r.a = m / 2 - 1;
+    return r;
+  }
+  if ((m / 2) % 4 == 0 && rule_for(m / 2).kind != Rule::none) return {Rule::doubling, m / 2};
+  for (int64_t a = 4; a * a <= m; a += 4)
+    if (m % a == 0 && (m / a) % 4 == 0 && rule_for(a).kind != Rule::none && rule_for(m / a).kind != Rule::none)
+      return {Rule::kronecker, a};
+  return r;
 }
 
-std::string base_orders_text() {
-  std::string text;
-  for (int64_t b : hadamard_base_orders()) text += (text.empty() ? "" : ", ") + std::to_string(b);
-  return "{" + text + "}";
+Matrix kronecker_product(const Matrix& x, int64_t a, const Matrix& y, int64_t b) {
+  const int64_t m = a * b;
+  Matrix out(static_cast<size_t>(m * m));
+  for (int64_t i = 0; i < a; ++i)
+    for (int64_t j = 0; j < a; ++j)
+      for (int64_t r = 0; r < b; ++r)
+        for (int64_t s = 0; s < b; ++s)
+          out[(i * b + r) * m + j * b + s] = static_cast<int8_t>(x[i * a + j] * y[r * b + s]);
+  return out;
+}
+
+Matrix build(int64_t m) {
+  const Rule r = rule_for(m);
+  switch (r.kind) {
+    case Rule::one: return Matrix{1};
+    case Rule::table: return m == 156 ? goethals_seidel(kGs39, 39) : goethals_seidel(kWilliamson43, 43);
+    case Rule::paley1: return paley_1(FiniteField(r.p, r.k));
+    case Rule::paley2: return paley_2(FiniteField(r.p, r.k));
+    case Rule::doubling: return sylvester_double(build(r.a), static_cast<int>(r.a));
+    case Rule::kronecker: return kronecker_product(build(r.a), r.a, build(m / r.a), m / r.a);
+    case Rule::none: break;
+  }
+  return Matrix{};
+}
+
+const std::set<int64_t>& base_order_set() {
+  static const std::set<int64_t> orders(hadamard_base_orders().begin(), hadamard_base_orders().end());
+  return orders;
+}
+
+bool is_base_order(int64_t m) { return base_order_set().count(m) > 0; }
+
+std::string unsupported_message(int64_t m) {
+  int64_t odd = m;
+  while (odd > 0 && odd % 2 == 0) odd /= 2;
+  return "hadamard: no Hadamard matrix of order " + std::to_string(m) + " is known to sqlab (its odd part " +
+         std::to_string(odd) + " needs a base of order 4*" + std::to_string(odd) + " = " + std::to_string(4 * odd) +
+         " or 8*" + std::to_string(odd) + ", ...: sqlab builds bases up to order " + std::to_string(kMaxBaseOrder) +
+         " by Paley I/II, doubling, Kronecker products and two Goethals-Seidel tables; `sqlab list hadamard` "
+         "shows them)";
 }
 
 }  // namespace
 
 const std::vector<int64_t>& hadamard_base_orders() {
-  static const std::vector<int64_t> orders = {1, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172};
+  // For each odd part o, the smallest constructible o * 2^j (j >= 2): what a split
+  // n = 2^k * m needs (a larger multiple would only leave a smaller power of two).
+  static const std::vector<int64_t> orders = [] {
+    std::vector<int64_t> list = {1};
+    for (int64_t odd = 3; 4 * odd <= kMaxBaseOrder; odd += 2)
+      for (int64_t m = 4 * odd; m <= kMaxBaseOrder; m *= 2)
+        if (rule_for(m).kind != Rule::none) {
+          list.push_back(m);
+          break;
+        }
+    std::sort(list.begin(), list.end());
+    return list;
+  }();
   return orders;
 }
 
+std::string hadamard_construction(int64_t m) {
+  const Rule r = rule_for(m);
+  switch (r.kind) {
+    case Rule::one: return "1";
+    case Rule::table: return "Goethals-Seidel, w = " + std::to_string(r.a);
+    case Rule::paley1: return "Paley I, q = " + std::to_string(r.a);
+    case Rule::paley2: return "Paley II, q = " + std::to_string(r.a);
+    case Rule::doubling: return "doubling of " + std::to_string(r.a);
+    case Rule::kronecker: return std::to_string(r.a) + " (x) " + std::to_string(m / r.a);
+    case Rule::none: break;
+  }
+  return "";
+}
+
 std::vector<int8_t> hadamard_base_matrix(int64_t m) {
-  if (!is_base_order(m))
-    throw config_error("hadamard: no Hadamard matrix of order " + std::to_string(m) +
-                       " (need 2^k * m, m in " + base_orders_text() + ")");
+  if (!is_base_order(m)) {
+    if (rule_for(m).kind == Rule::none) throw config_error(unsupported_message(m));
+    throw config_error("hadamard: " + std::to_string(m) + " is not a base order (a larger power of two splits off)");
+  }
   // Callers ask repeatedly (one rotation per layer); build each order once.
   static std::mutex mutex;
   static std::map<int64_t, Matrix> cache;

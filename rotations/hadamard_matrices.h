@@ -5,12 +5,19 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace sqlab {
 
-// Base orders m with an explicit construction, ascending: {1, 12, 20, ..., 172}.
+// Base orders m, ascending: 1 and, for each odd o > 1, the smallest o * 2^j (j >= 2, at
+// most 1024) that sqlab can construct (Paley I/II, doubling, Kronecker products, two
+// Goethals-Seidel tables): {1, 12, 20, 28, 36, 44, 52, 60, 68, 76, 84, ...}.
 const std::vector<int64_t>& hadamard_base_orders();
+
+// How order m is built ("Paley I, q = 67", "Paley II, q = 73", "20 (x) 20", ...); empty
+// when sqlab has no construction of order m.
+std::string hadamard_construction(int64_t m);
 
 // m x m Hadamard matrix, row-major, entries +1/-1, H H^T = m I.
 // Throws sqlab::Error (config kind) for an unsupported m; the message lists the supported orders.

@@ -118,10 +118,10 @@ methods:
   EXPECT_NE(msg.find("exp.yaml:3:"), std::string::npos) << msg;
   EXPECT_NE(msg.find("methods.sq.kronecker"), std::string::npos) << msg;
   EXPECT_NE(msg.find("does not factor the site width n = 64"), std::string::npos) << msg;
-  const std::string hadamard = config_error_of(R"(data: {source: synthetic, tokens: 16, channels: 44}
+  const std::string hadamard = config_error_of(R"(data: {source: synthetic, tokens: 16, channels: 236}
 methods: [{method: hadamard}]
 )");
-  EXPECT_NE(hadamard.find("no Hadamard matrix of order 44"), std::string::npos) << hadamard;
+  EXPECT_NE(hadamard.find("no Hadamard matrix of order 236"), std::string::npos) << hadamard;
 }
 
 TEST(ConfigErrors, BadOverrides) {

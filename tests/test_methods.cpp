@@ -4,7 +4,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "core/config.h"
 #include "core/method.h"
+#include "core/quant_config.h"
 #include "core/random.h"
 #include "datasets/synthetic.h"
 #include "methods/builtin.h"
@@ -126,6 +128,54 @@ TEST(Registry, UnknownAndDuplicateNames) {
     EXPECT_NE(std::string(e.what()).find("identity, random_orthogonal"), std::string::npos);
   }
   EXPECT_THROW(register_builtin_methods(methods), Error);
+}
+
+// A width with no Hadamard matrix (944 = 16 x 59): a config error naming the width and the
+// fallbacks; with a fallback, an orthogonal rotation of the documented structure.
+TEST(HadamardFallback, RefusedWithoutAndStructuredWith) {
+  ConfigReader plain(YAML::Load("{}"), "exp.yaml", "methods.h");
+  const auto none = registry().create("hadamard", plain);
+  try {
+    none->check_width(944);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::config);
+    for (const char* part : {"order 944", "width 944", "fallback: block", "59 blocks of Hadamard(16)",
+                             "fallback: kronecker_random"})
+      EXPECT_NE(message.find(part), std::string::npos) << part << " not in: " << message;
+  }
+  EXPECT_NO_THROW(none->check_width(5632));  // TinyLlama's MLP: 128 x 44
+  const Site site = test_site(944);
+  for (const char* fallback : {"block", "kronecker_random"}) {
+    SCOPED_TRACE(fallback);
+    ConfigReader options(YAML::Load(std::string("{fallback: ") + fallback + "}"), "exp.yaml", "methods.h");
+    const auto method = registry().create("hadamard", options);
+    EXPECT_NO_THROW(method->check_width(944));
+    struct Log : NullLog {
+      std::vector<std::string> warnings;
+      void warn(const std::string& w) override { warnings.push_back(w); }
+    } log;
+    QuantConfig quant;
+    const RotationPtr r = method->fit(FitContext{site, quant, 3, log});
+    ASSERT_EQ(r->size(), 944);
+    const at::Tensor dense = r->dense();
+    EXPECT_LT((dense.t().mm(dense) - at::eye(944, at::kDouble)).abs().max().item<double>(), 1e-12);
+    ASSERT_EQ(log.warnings.size(), 1u);
+    EXPECT_NE(log.warnings[0].find("Hadamard factor of order 16 x 59"), std::string::npos) << log.warnings[0];
+    // Every entry of the 16 x 16 Hadamard blocks has magnitude 1/4: block-diagonal means
+    // entries outside the diagonal blocks are exactly 0.
+    if (std::string(fallback) == "block") {
+      EXPECT_EQ(r->factors().count("blocks"), 1u);
+      EXPECT_DOUBLE_EQ(dense.slice(0, 0, 16).slice(1, 16, 944).abs().max().item<double>(), 0.0);
+      EXPECT_NEAR(dense.slice(0, 0, 16).slice(1, 0, 16).abs().min().item<double>(), 0.25, 1e-15);
+    } else {
+      EXPECT_EQ(r->factors().count("R1"), 1u);
+      EXPECT_EQ(r->factors().at("R2").size(0), 16);
+    }
+  }
+  ConfigReader bad(YAML::Load("{fallback: dense}"), "exp.yaml", "methods.h");
+  EXPECT_THROW(registry().create("hadamard", bad), Error);
 }
 
 }  // namespace

@@ -307,7 +307,7 @@ TEST(HadamardRotation, RandomSignsAreSeededAndKeepOrthogonality) {
 }
 
 TEST(HadamardRotation, UnsupportedWidthsThrowWithTheSupportedOrders) {
-  for (int64_t n : {132, 44, 0, 3 * 1024 * 7}) {
+  for (int64_t n : {236, 944, 0, 59 * 1024}) {
     SCOPED_TRACE("n = " + std::to_string(n));
     ASSERT_FALSE(has_hadamard(n));
     for (int which = 0; which < 2; ++which) {
@@ -321,8 +321,7 @@ TEST(HadamardRotation, UnsupportedWidthsThrowWithTheSupportedOrders) {
         const std::string message = e.what();
         EXPECT_EQ(e.kind(), ErrorKind::config);
         EXPECT_NE(message.find(std::to_string(n)), std::string::npos) << message;
-        EXPECT_NE(message.find("{1, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172}"),
-                  std::string::npos)
+        EXPECT_NE(message.find("sqlab list hadamard"), std::string::npos)
             << message;
       }
     }
