@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -31,7 +32,9 @@ void check_checkpoint_config(const LlamaConfig& c, const std::string& origin) {
       {"max_seq_len", c.max_seq_len}};
   for (const auto& [name, value] : sizes)
     if (value <= 0) bad(fmt::format("{} must be positive, got {}", name, value));
-  if (c.dim % c.n_heads != 0) bad(fmt::format("dim {} is not a multiple of n_heads {}", c.dim, c.n_heads));
+  if (c.explicit_head_dim < 0) bad(fmt::format("head_dim {} is negative", c.explicit_head_dim));
+  if (c.explicit_head_dim == 0 && c.dim % c.n_heads != 0)
+    bad(fmt::format("dim {} is not a multiple of n_heads {}", c.dim, c.n_heads));
   if (c.head_dim() % 2 != 0) bad(fmt::format("head_dim {} is odd (rotary embeddings rotate pairs)", c.head_dim()));
   if (c.n_heads % c.n_kv_heads != 0)
     bad(fmt::format("n_heads {} is not a multiple of n_kv_heads {}", c.n_heads, c.n_kv_heads));
@@ -40,8 +43,9 @@ void check_checkpoint_config(const LlamaConfig& c, const std::string& origin) {
   // Every tensor's element count (and the total) must fit int64: a header with
   // absurd numbers is rejected before anything is allocated.
   checked_mul(checked_mul(c.vocab_size, c.dim, origin), 2, origin);
+  checked_mul(c.n_heads, c.head_dim(), origin);
   const int64_t per_layer = checked_add(
-      checked_mul(checked_mul(c.dim, c.dim, origin), 4, origin),
+      checked_mul(checked_mul(c.dim, std::max(c.dim, c.q_dim()), origin), 4, origin),
       checked_mul(checked_mul(c.dim, c.hidden_dim, origin), 3, origin), origin);
   checked_mul(per_layer, c.n_layers, origin);
   checked_mul(c.max_seq_len, c.head_dim(), origin);
@@ -96,6 +100,17 @@ LlamaWeights random_llama(const LlamaConfig& config, uint64_t seed) {
     layer.w_gate = linear(config.hidden_dim, config.dim);
     layer.w_up = linear(config.hidden_dim, config.dim);
     layer.w_down = linear(config.dim, config.hidden_dim);
+    const auto bias = [&](int64_t n) { return 0.1 * at::randn({n}, gen, at::kFloat); };
+    if (config.attention_bias) {
+      layer.bq = bias(config.q_dim());
+      layer.bk = bias(config.kv_dim());
+      layer.bv = bias(config.kv_dim());
+    }
+    if (config.output_bias) layer.bo = bias(config.dim);
+    if (config.qk_norm) {
+      layer.q_norm = gain(hd);
+      layer.k_norm = gain(hd);
+    }
     w.layers.push_back(std::move(layer));
   }
   w.final_norm = gain(config.dim);
@@ -130,6 +145,20 @@ void check_weights_shapes(const LlamaWeights& w, const std::string& origin) {
     expect(L.w_gate, {c.hidden_dim, c.dim}, p + "w_gate");
     expect(L.w_up, {c.hidden_dim, c.dim}, p + "w_up");
     expect(L.w_down, {c.dim, c.hidden_dim}, p + "w_down");
+    // The family's optional tensors: present exactly when the config says so.
+    const auto optional = [&](const at::Tensor& t, bool wanted, int64_t size, const std::string& name) {
+      if (wanted) {
+        expect(t, {size}, p + name);
+      } else if (t.defined()) {
+        throw Error(fmt::format("{}: tensor {} is present but the config has no such tensor", origin, p + name));
+      }
+    };
+    optional(L.bq, c.attention_bias, c.q_dim(), "bq");
+    optional(L.bk, c.attention_bias, c.kv_dim(), "bk");
+    optional(L.bv, c.attention_bias, c.kv_dim(), "bv");
+    optional(L.bo, c.output_bias, c.dim, "bo");
+    optional(L.q_norm, c.qk_norm, hd, "q_norm");
+    optional(L.k_norm, c.qk_norm, hd, "k_norm");
   }
 }
 

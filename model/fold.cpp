@@ -16,16 +16,9 @@ LlamaWeights clone_weights(const LlamaWeights& w) {
   const bool tied = w.output.defined() && w.output.is_same(w.embedding);
   c.output = tied ? c.embedding : w.output.clone();
   for (const LlamaLayer& l : w.layers) {
-    LlamaLayer n;
-    n.attn_norm = l.attn_norm.clone();
-    n.wq = l.wq.clone();
-    n.wk = l.wk.clone();
-    n.wv = l.wv.clone();
-    n.wo = l.wo.clone();
-    n.mlp_norm = l.mlp_norm.clone();
-    n.w_gate = l.w_gate.clone();
-    n.w_up = l.w_up.clone();
-    n.w_down = l.w_down.clone();
+    LlamaLayer n = l;
+    for (at::Tensor* t : n.tensors())
+      if (t->defined()) *t = t->clone();
     c.layers.push_back(std::move(n));
   }
   return c;
@@ -79,6 +72,9 @@ void fuse_residual_rotation(LlamaWeights& w, const Rotation& q) {
     for (at::Tensor* t : {&l.wq, &l.wk, &l.wv, &l.w_gate, &l.w_up}) *t = q.fuse_into(*t).contiguous();
     l.wo = rotate_writer(l.wo, q);
     l.w_down = rotate_writer(l.w_down, q);
+    // A writer's bias is part of its output, which now lives in the rotated basis: b <- b Q.
+    // (A reader's bias, q/k/v, adds after W x and stays as it is.)
+    if (l.bo.defined()) l.bo = q.apply(l.bo.unsqueeze(0)).squeeze(0).contiguous();
   }
   w.output = q.fuse_into(w.output).contiguous();
 }
@@ -92,6 +88,8 @@ void fuse_value_head_rotation(LlamaWeights& w, const Rotation& h) {
     // v_h' = v_h H: rows of head h of W_v become H^T W_v,h = (W_v,h^T H)^T.
     at::Tensor v = l.wv.reshape({c.n_kv_heads, hd, c.dim}).transpose(1, 2);  // KV x dim x hd
     l.wv = h.apply(v).transpose(1, 2).reshape({c.n_kv_heads * hd, c.dim}).contiguous();
+    // v_h = x W_v,h^T + b_v,h, so v_h H needs b_v,h H as well (Qwen2's value bias).
+    if (l.bv.defined()) l.bv = h.apply(l.bv.reshape({c.n_kv_heads, hd})).reshape({-1}).contiguous();
     // o reads attn_h H: columns of head h of W_o become W_o,h H.
     at::Tensor o = l.wo.reshape({c.dim, c.n_heads, hd});
     l.wo = h.fuse_into(o).reshape({c.dim, c.n_heads * hd}).contiguous();

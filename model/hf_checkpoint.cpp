@@ -1,4 +1,5 @@
-// Hugging Face LLaMA checkpoint directories: config.json plus model.safetensors or
+// Hugging Face checkpoint directories of the LLaMA family (LLaMA, Mistral, Qwen2, Qwen3;
+// model/families.h): config.json plus model.safetensors or
 // model.safetensors.index.json ("weight_map": tensor -> shard file). Tensors are read
 // through the project's one safetensors reader (io/safetensors.h), memory-mapped,
 // converted per tensor from F32/F16/BF16 to float32. HF q/k rows are already in the
@@ -91,33 +92,107 @@ bool optional_bool(const json& root, const std::string& key, bool fallback, cons
   return it->get<bool>();
 }
 
-// Options of the HF architecture that this forward does not implement: a clear error
-// instead of silently wrong logits.
-void reject_unsupported(const json& root, const LlamaConfig& c, const std::string& origin) {
-  if (const auto it = root.find("model_type"); it != root.end() && !it->is_null()) {
-    if (!it->is_string() || (*it != "llama" && *it != "mistral"))
-      fail(origin, fmt::format("key 'model_type' is {}: only \"llama\" (and \"mistral\" without sliding window) "
-                               "checkpoints are supported",
-                               it->dump()));
+// The families this forward implements, by `model_type`, with the class transformers
+// builds for each (model/families.h describes what differs).
+const std::map<std::string, std::string>& supported_architectures() {
+  static const std::map<std::string, std::string> known = {{"llama", "LlamaForCausalLM"},
+                                                           {"mistral", "MistralForCausalLM"},
+                                                           {"qwen2", "Qwen2ForCausalLM"},
+                                                           {"qwen3", "Qwen3ForCausalLM"}};
+  return known;
+}
+
+std::string architecture_of(const json& root, const std::string& origin) {
+  const auto type = root.find("model_type");
+  std::vector<std::string> names;
+  for (const auto& [t, cls] : supported_architectures()) names.push_back(fmt::format("{} ({})", t, cls));
+  const std::string supported = fmt::format("{}", fmt::join(names, ", "));
+  std::string model_type = "llama";  // old LLaMA configs carry no model_type
+  if (type != root.end() && !type->is_null()) {
+    if (!type->is_string() || !supported_architectures().count(type->get<std::string>()))
+      fail(origin, fmt::format("key 'model_type' is {}: sqlab reads {}", type->dump(), supported));
+    model_type = type->get<std::string>();
   }
-  if (const auto it = root.find("rope_scaling"); it != root.end() && !it->is_null())
-    fail(origin, fmt::format("key 'rope_scaling' is {}: rotary scaling is not supported (only null)", it->dump()));
+  if (const auto it = root.find("architectures"); it != root.end() && !it->is_null()) {
+    const std::string expected = supported_architectures().at(model_type);
+    if (!it->is_array() || it->size() != 1 || !(*it)[0].is_string() || (*it)[0] != expected)
+      fail(origin, fmt::format("key 'architectures' is {}: a '{}' checkpoint must be [\"{}\"] (sqlab reads {})",
+                               it->dump(), model_type, expected, supported));
+  }
+  return model_type;
+}
+
+// Rotary scaling: old configs say `rope_theta` and `rope_scaling`, transformers 5 writes
+// both into `rope_parameters`. Types other than default, linear, dynamic and llama3 are
+// refused by name (yarn, longrope, ... change the math in ways this forward does not do).
+void read_rope(const json& root, LlamaConfig& c, const std::string& origin) {
+  c.rope_theta = optional_number(root, "rope_theta", 10000.0, origin);
+  const char* key = "rope_scaling";
+  auto it = root.find(key);
+  if (it == root.end() || it->is_null()) {
+    key = "rope_parameters";
+    it = root.find(key);
+  }
+  if (it == root.end() || it->is_null()) return;
+  if (!it->is_object()) fail(origin, fmt::format("key '{}' must be an object, got {}", key, it->dump()));
+  const json& r = *it;
+  c.rope_theta = optional_number(r, "rope_theta", c.rope_theta, origin);
+  std::string type = "default";
+  for (const char* name : {"rope_type", "type"})
+    if (const auto t = r.find(name); t != r.end() && t->is_string()) type = t->get<std::string>();
+  const std::string where = fmt::format("{}.rope_type", key);
+  if (type == "default") return;
+  c.rope.factor = optional_number(r, "factor", 1.0, origin);
+  if (type == "linear") {
+    c.rope.type = RopeScaling::linear;
+  } else if (type == "dynamic") {
+    c.rope.type = RopeScaling::dynamic;
+  } else if (type == "llama3") {
+    c.rope.type = RopeScaling::llama3;
+    c.rope.low_freq_factor = optional_number(r, "low_freq_factor", 1.0, origin);
+    c.rope.high_freq_factor = optional_number(r, "high_freq_factor", 4.0, origin);
+    c.rope.original_max_position = optional_int(r, "original_max_position_embeddings", 0, origin);
+  } else {
+    fail(origin, fmt::format("key '{}' is \"{}\": sqlab implements default, linear, dynamic (within the context) "
+                             "and llama3 rotary scaling", where, type));
+  }
+}
+
+// What the family adds to the LLaMA forward, and the options that would change the math
+// in ways this forward does not implement: refused by name, never loaded wrongly.
+void read_family_options(const json& root, LlamaConfig& c, const std::string& origin) {
+  const std::string& family = c.architecture;
   if (const auto it = root.find("hidden_act"); it != root.end() && !it->is_null() && *it != "silu")
     fail(origin, fmt::format("key 'hidden_act' is {}: only \"silu\" (SwiGLU) is supported", it->dump()));
-  for (const char* key : {"attention_bias", "mlp_bias"})
-    if (optional_bool(root, key, false, origin))
-      fail(origin, fmt::format("key '{}' is true: biases in linear layers are not supported", key));
-  if (const auto it = root.find("head_dim"); it != root.end() && !it->is_null()) {
-    const int64_t hd = integer_value(*it, "head_dim", origin);
-    if (c.n_heads > 0 && hd != c.dim / c.n_heads)
-      fail(origin, fmt::format("key 'head_dim' is {} but hidden_size / num_attention_heads is {}: not supported", hd,
-                               c.dim / c.n_heads));
+  if (optional_bool(root, "mlp_bias", false, origin))
+    fail(origin, "key 'mlp_bias' is true: biases in the MLP are not supported");
+  if (family == "qwen2") {
+    c.attention_bias = true;  // Qwen2Attention: q/k/v with bias, o without
+  } else if (family == "llama" || family == "qwen3") {
+    c.attention_bias = c.output_bias = optional_bool(root, "attention_bias", false, origin);
+  } else if (optional_bool(root, "attention_bias", false, origin)) {
+    fail(origin, fmt::format("key 'attention_bias' is true: a '{}' checkpoint has no attention biases", family));
   }
-  if (const auto it = root.find("sliding_window"); it != root.end() && !it->is_null()) {
-    const int64_t window = integer_value(*it, "sliding_window", origin);
-    if (window < c.max_seq_len)
-      fail(origin, fmt::format("key 'sliding_window' is {}: sliding-window attention is not supported", window));
+  c.qk_norm = family == "qwen3";
+  if (const auto it = root.find("head_dim"); it != root.end() && !it->is_null())
+    c.explicit_head_dim = integer_value(*it, "head_dim", origin);
+  if (family == "mistral") {
+    c.sliding_window = optional_int(root, "sliding_window", 0, origin);
+  } else if (optional_bool(root, "use_sliding_window", false, origin)) {
+    fail(origin, "key 'use_sliding_window' is true: sliding-window attention is supported for Mistral only");
   }
+  if (const auto it = root.find("layer_types"); it != root.end() && it->is_array())
+    for (const auto& t : *it)
+      if (t != "full_attention" && !(family == "mistral" && t == "sliding_attention"))
+        fail(origin, fmt::format("key 'layer_types' holds {}: only full attention is supported", t.dump()));
+  // Mixture of experts, soft-capping, partial rotary: other architectures' math.
+  for (const char* key : {"num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
+                          "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar"})
+    if (const auto it = root.find(key); it != root.end() && !it->is_null() && !(it->is_number() && *it == 0))
+      fail(origin, fmt::format("key '{}' is {}: not supported (sqlab reads dense LLaMA-family decoders)", key,
+                               it->dump()));
+  if (optional_number(root, "partial_rotary_factor", 1.0, origin) != 1.0)
+    fail(origin, "key 'partial_rotary_factor' is not 1: partial rotary embeddings are not supported");
 }
 
 // Tensors of a checkpoint directory, by name, from the single file or the shards.
@@ -227,12 +302,14 @@ LlamaConfig parse_hf_config_json(const std::string& json_text, const std::string
   c.vocab_size = required_int(root, "vocab_size", origin);
   c.max_seq_len = optional_int(root, "max_position_embeddings", 2048, origin);  // HF LlamaConfig defaults
   c.norm_eps = optional_number(root, "rms_norm_eps", 1e-6, origin);
-  c.rope_theta = optional_number(root, "rope_theta", 10000.0, origin);
   c.tied_embeddings = optional_bool(root, "tie_word_embeddings", false, origin);
   c.bos_id = token_id(root, "bos_token_id", 1, origin);
   c.eos_id = token_id(root, "eos_token_id", 2, origin);
-  reject_unsupported(root, c, origin);
+  c.architecture = architecture_of(root, origin);
+  read_rope(root, c, origin);
+  read_family_options(root, c, origin);
   check_checkpoint_config(c, origin);
+  c.check(origin);
   return c;
 }
 
@@ -246,7 +323,7 @@ LlamaWeights load_hf(const std::string& dir) {
                                   fmt::format("Hugging Face config '{}'", config_path));
   w.origin = dir;
   const LlamaConfig& c = w.config;
-  const int64_t hd = c.head_dim(), q_dim = c.n_heads * hd, kv_dim = c.n_kv_heads * hd;
+  const int64_t hd = c.head_dim(), q_dim = c.q_dim(), kv_dim = c.kv_dim();
   TensorSource source(dir);
   w.embedding = source.get("model.embed_tokens.weight", {c.vocab_size, c.dim});
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -260,6 +337,16 @@ LlamaWeights load_hf(const std::string& dir) {
     L.w_gate = source.get(layer_name(l, "mlp.gate_proj.weight"), {c.hidden_dim, c.dim});
     L.w_up = source.get(layer_name(l, "mlp.up_proj.weight"), {c.hidden_dim, c.dim});
     L.w_down = source.get(layer_name(l, "mlp.down_proj.weight"), {c.dim, c.hidden_dim});
+    if (c.attention_bias) {
+      L.bq = source.get(layer_name(l, "self_attn.q_proj.bias"), {q_dim});
+      L.bk = source.get(layer_name(l, "self_attn.k_proj.bias"), {kv_dim});
+      L.bv = source.get(layer_name(l, "self_attn.v_proj.bias"), {kv_dim});
+    }
+    if (c.output_bias) L.bo = source.get(layer_name(l, "self_attn.o_proj.bias"), {c.dim});
+    if (c.qk_norm) {
+      L.q_norm = source.get(layer_name(l, "self_attn.q_norm.weight"), {hd});
+      L.k_norm = source.get(layer_name(l, "self_attn.k_norm.weight"), {hd});
+    }
     w.layers.push_back(std::move(L));
   }
   w.final_norm = source.get("model.norm.weight", {c.dim});
@@ -287,30 +374,55 @@ const char* torch_dtype_name(at::ScalarType t) {
   return t == at::kFloat ? "float32" : t == at::kHalf ? "float16" : "bfloat16";
 }
 
+json rope_json(const LlamaConfig& c) {
+  const RopeConfig& r = c.rope;
+  switch (r.type) {
+    case RopeScaling::none: return nullptr;
+    case RopeScaling::linear: return {{"rope_type", "linear"}, {"factor", r.factor}};
+    case RopeScaling::dynamic: return {{"rope_type", "dynamic"}, {"factor", r.factor}};
+    case RopeScaling::llama3:
+      return {{"rope_type", "llama3"},
+              {"factor", r.factor},
+              {"low_freq_factor", r.low_freq_factor},
+              {"high_freq_factor", r.high_freq_factor},
+              {"original_max_position_embeddings", r.original_max_position}};
+  }
+  return nullptr;
+}
+
 json config_json(const LlamaConfig& c, at::ScalarType dtype) {
-  return {{"architectures", {"LlamaForCausalLM"}},
-          {"model_type", "llama"},
-          {"hidden_size", c.dim},
-          {"intermediate_size", c.hidden_dim},
-          {"num_hidden_layers", c.n_layers},
-          {"num_attention_heads", c.n_heads},
-          {"num_key_value_heads", c.n_kv_heads},
-          {"vocab_size", c.vocab_size},
-          {"max_position_embeddings", c.max_seq_len},
-          {"rms_norm_eps", c.norm_eps},
-          {"rope_theta", c.rope_theta},
-          {"rope_scaling", nullptr},
-          {"hidden_act", "silu"},
-          {"tie_word_embeddings", c.tied_embeddings},
-          {"bos_token_id", c.bos_id},
-          {"eos_token_id", c.eos_id},
-          {"torch_dtype", torch_dtype_name(dtype)}};
+  json j = {{"architectures", {supported_architectures().at(c.architecture)}},
+            {"model_type", c.architecture},
+            {"hidden_size", c.dim},
+            {"intermediate_size", c.hidden_dim},
+            {"num_hidden_layers", c.n_layers},
+            {"num_attention_heads", c.n_heads},
+            {"num_key_value_heads", c.n_kv_heads},
+            {"head_dim", c.head_dim()},
+            {"vocab_size", c.vocab_size},
+            {"max_position_embeddings", c.max_seq_len},
+            {"rms_norm_eps", c.norm_eps},
+            {"rope_theta", c.rope_theta},
+            {"rope_scaling", rope_json(c)},
+            {"hidden_act", "silu"},
+            {"tie_word_embeddings", c.tied_embeddings},
+            {"bos_token_id", c.bos_id},
+            {"eos_token_id", c.eos_id},
+            {"torch_dtype", torch_dtype_name(dtype)}};
+  if (c.architecture == "llama" || c.architecture == "qwen3") j["attention_bias"] = c.attention_bias;
+  if (c.architecture == "mistral") j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
+  return j;
 }
 
 }  // namespace
 
 void save_hf(const LlamaWeights& w, const std::string& dir, const std::string& dtype, int shards) {
   const std::string origin = fmt::format("Hugging Face checkpoint '{}'", dir);
+  if (w.config.architecture == "llama" && w.config.attention_bias != w.config.output_bias)
+    fail(origin, "a LLaMA checkpoint's attention_bias covers q, k, v and o together; this model has biases on "
+                 "some of them only");
+  if (w.config.architecture == "qwen2" && (!w.config.attention_bias || w.config.output_bias))
+    fail(origin, "a Qwen2 checkpoint has biases on q, k and v and none on o");
   const at::ScalarType type = dtype_for(dtype, origin);
   check_weights_shapes(w, origin);
   std::vector<std::pair<std::string, at::Tensor>> tensors;
@@ -329,6 +441,12 @@ void save_hf(const LlamaWeights& w, const std::string& dir, const std::string& d
     add(layer_name(l, "mlp.gate_proj.weight"), L.w_gate);
     add(layer_name(l, "mlp.up_proj.weight"), L.w_up);
     add(layer_name(l, "mlp.down_proj.weight"), L.w_down);
+    const std::pair<const char*, const at::Tensor*> optional[] = {
+        {"self_attn.q_proj.bias", &L.bq},    {"self_attn.k_proj.bias", &L.bk},   {"self_attn.v_proj.bias", &L.bv},
+        {"self_attn.o_proj.bias", &L.bo},    {"self_attn.q_norm.weight", &L.q_norm},
+        {"self_attn.k_norm.weight", &L.k_norm}};
+    for (const auto& [name, t] : optional)
+      if (t->defined()) add(layer_name(l, name), *t);
   }
   add("model.norm.weight", w.final_norm);
   if (!w.config.tied_embeddings) add("lm_head.weight", w.output);

@@ -21,7 +21,9 @@ void LlamaConfig::check(const std::string& origin) const {
                      "n_kv_heads {}, vocab_size {}, max_seq_len {})",
                      dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, max_seq_len));
   }
-  if (dim % n_heads != 0) fail(fmt::format("dim {} is not a multiple of n_heads {}", dim, n_heads));
+  if (explicit_head_dim < 0) fail(fmt::format("head_dim {} is negative", explicit_head_dim));
+  if (explicit_head_dim == 0 && dim % n_heads != 0)
+    fail(fmt::format("dim {} is not a multiple of n_heads {}", dim, n_heads));
   if (head_dim() % 2 != 0) fail(fmt::format("head_dim {} is odd (rotary pairs need it even)", head_dim()));
   if (n_heads % n_kv_heads != 0) {
     fail(fmt::format("n_heads {} is not a multiple of n_kv_heads {}", n_heads, n_kv_heads));
@@ -30,6 +32,15 @@ void LlamaConfig::check(const std::string& origin) const {
   if (!(rope_theta > 0) || !std::isfinite(rope_theta)) {
     fail(fmt::format("rope_theta {} must be positive", rope_theta));
   }
+  if (sliding_window < 0) fail(fmt::format("sliding_window {} is negative", sliding_window));
+  if (output_bias && !attention_bias) fail("an o_proj bias without q/k/v biases is no family sqlab knows");
+  if (rope.type != RopeScaling::none && !(rope.factor >= 1.0 && std::isfinite(rope.factor)))
+    fail(fmt::format("rope scaling factor {} must be >= 1", rope.factor));
+  if (rope.type == RopeScaling::llama3 &&
+      (!(rope.high_freq_factor > rope.low_freq_factor) || !(rope.low_freq_factor > 0) || rope.original_max_position <= 0))
+    fail(fmt::format("llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor and original_max_position_"
+                     "embeddings > 0 (got {}, {}, {})",
+                     rope.low_freq_factor, rope.high_freq_factor, rope.original_max_position));
   if (bos_id < -1 || bos_id >= vocab_size || eos_id < -1 || eos_id >= vocab_size) {
     fail(fmt::format("bos_id {} / eos_id {} outside the vocabulary of {}", bos_id, eos_id, vocab_size));
   }
@@ -53,16 +64,38 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& gain, double eps) {
   return x * inv * gain;
 }
 
-// cos and sin of position t x frequency theta^(-2i/head_dim), i < head_dim/2, repeated
-// for the two halves (rotate-half layout: pair (i, i + head_dim/2) rotates together).
-std::pair<at::Tensor, at::Tensor> rotary_tables(int64_t seq_len, int64_t head_dim, double theta,
+// The rotary frequencies theta^(-2i/head_dim), i < head_dim/2, after the config's scaling
+// (RopeConfig; transformers' _compute_linear_scaling / _compute_llama3_parameters).
+at::Tensor rotary_frequencies(const LlamaConfig& c) {
+  const int64_t hd = c.head_dim();
+  at::Tensor freq = at::pow(c.rope_theta, -2.0 * at::arange(hd / 2, at::kDouble) / static_cast<double>(hd));
+  const RopeConfig& r = c.rope;
+  if (r.type == RopeScaling::linear) return freq / r.factor;
+  if (r.type != RopeScaling::llama3) return freq;  // none; dynamic within the original context
+  const double old_context = static_cast<double>(r.original_max_position);
+  const double low_freq_wavelen = old_context / r.low_freq_factor;
+  const double high_freq_wavelen = old_context / r.high_freq_factor;
+  const at::Tensor wavelen = 2.0 * M_PI / freq;
+  at::Tensor scaled = at::where(wavelen > low_freq_wavelen, freq / r.factor, freq);
+  const at::Tensor smooth = (old_context / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+  const at::Tensor smoothed = (1.0 - smooth) * scaled / r.factor + smooth * scaled;
+  const at::Tensor medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+  return at::where(medium, smoothed, scaled);
+}
+
+// cos and sin of position t x frequency, repeated for the two halves (rotate-half layout:
+// pair (i, i + head_dim/2) rotates together).
+std::pair<at::Tensor, at::Tensor> rotary_tables(int64_t seq_len, const LlamaConfig& c,
                                                 const at::TensorOptions& options) {
   auto f64 = options.dtype(at::kDouble);
-  at::Tensor i = at::arange(head_dim / 2, f64);
-  at::Tensor freq = at::pow(theta, -2.0 * i / static_cast<double>(head_dim));
-  at::Tensor angle = at::outer(at::arange(seq_len, f64), freq);  // T x hd/2
-  angle = at::cat({angle, angle}, -1).to(options.dtype());       // T x hd
+  at::Tensor angle = at::outer(at::arange(seq_len, f64), rotary_frequencies(c).to(f64.device()));  // T x hd/2
+  angle = at::cat({angle, angle}, -1).to(options.dtype());                                       // T x hd
   return {angle.cos(), angle.sin()};
+}
+
+// x W^T (+ b when the family has the bias).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
 }
 
 // x: B x H x T x hd.
@@ -95,8 +128,16 @@ at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens, 
                               lo < 0 ? lo : hi, c.vocab_size, weights.origin));
     }
   }
+  if (c.sliding_window > 0 && T > c.sliding_window)
+    throw Error(fmt::format("llama_forward: a window of {} tokens exceeds the model's sliding window of {} ({}): "
+                            "sliding-window attention is exact only within it; use eval.seq_len <= {}",
+                            T, c.sliding_window, weights.origin, c.sliding_window));
+  if (c.rope.type == RopeScaling::dynamic && T > c.max_seq_len)
+    throw Error(fmt::format("llama_forward: a window of {} tokens exceeds the original context {} of a model with "
+                            "dynamic rope scaling ({}): only windows within it are supported",
+                            T, c.max_seq_len, weights.origin));
   at::Tensor x = weights.embedding.index_select(0, ids.reshape({-1})).view({B, T, c.dim});
-  auto [cos, sin] = rotary_tables(T, hd, c.rope_theta, x.options());
+  auto [cos, sin] = rotary_tables(T, c, x.options());
   // Causal mask: position t attends to positions <= t.
   at::Tensor future = at::ones({T, T}, x.options().dtype(at::kBool)).triu(1);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
@@ -104,9 +145,15 @@ at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens, 
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LlamaLayer& layer = weights.layers.at(l);
     at::Tensor h = hook(hooks, l, LinearSite::attn_in, rms_norm(x, layer.attn_norm, c.norm_eps));
-    at::Tensor q = at::linear(h, layer.wq).view({B, T, H, hd}).transpose(1, 2);
-    at::Tensor k = at::linear(h, layer.wk).view({B, T, KV, hd}).transpose(1, 2);
-    at::Tensor v = at::linear(h, layer.wv).view({B, T, KV, hd}).transpose(1, 2);
+    at::Tensor q = linear(h, layer.wq, layer.bq).view({B, T, H, hd});
+    at::Tensor k = linear(h, layer.wk, layer.bk).view({B, T, KV, hd});
+    at::Tensor v = linear(h, layer.wv, layer.bv).view({B, T, KV, hd}).transpose(1, 2);
+    if (c.qk_norm) {  // Qwen3: each head of q and k normalized on its own, before the rotary
+      q = rms_norm(q, layer.q_norm, c.norm_eps);
+      k = rms_norm(k, layer.k_norm, c.norm_eps);
+    }
+    q = q.transpose(1, 2);
+    k = k.transpose(1, 2);
     q = apply_rotary(q, cos, sin);
     k = apply_rotary(k, cos, sin);
     if (KV != H) {  // grouped-query attention: query head i reads KV head i / (H / KV)
@@ -118,7 +165,7 @@ at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens, 
     at::Tensor attn = at::matmul(at::softmax(scores, -1), v);        // B x H x T x hd
     attn = attn.transpose(1, 2).reshape({B, T, H * hd});
     attn = hook(hooks, l, LinearSite::attn_out, attn);
-    x = x + at::linear(attn, layer.wo);
+    x = x + linear(attn, layer.wo, layer.bo);
 
     h = hook(hooks, l, LinearSite::mlp_in, rms_norm(x, layer.mlp_norm, c.norm_eps));
     at::Tensor g = at::silu(at::linear(h, layer.w_gate)) * at::linear(h, layer.w_up);

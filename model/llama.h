@@ -13,6 +13,26 @@
 
 namespace sqlab {
 
+// Rotary position embedding frequencies: theta^(-2i/head_dim), rescaled for long contexts
+// as Hugging Face's `rope_scaling` / `rope_parameters` say (transformers'
+// modeling_rope_utils): linear divides every frequency by `factor`; llama3 (LLaMA-3.1/3.2)
+// divides the low frequencies (wavelength > original_max_position / low_freq_factor) by
+// `factor`, keeps the high ones (wavelength < original_max_position / high_freq_factor) and
+// interpolates between; dynamic (NTK) equals none within the original context, which is
+// the only place it is accepted.
+enum class RopeScaling { none, linear, dynamic, llama3 };
+
+struct RopeConfig {
+  RopeScaling type = RopeScaling::none;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position = 0;
+};
+
+// The one forward's per-family differences (model/families.h lists the families):
+// LLaMA (rope scaling, optional attention biases), Mistral (sliding window), Qwen2/2.5
+// (q/k/v biases), Qwen3 (per-head RMSNorm of q and k, head_dim set apart from dim / n_heads).
 struct LlamaConfig {
   int64_t dim = 0;          // hidden size (residual stream width)
   int64_t hidden_dim = 0;   // MLP intermediate size
@@ -26,8 +46,17 @@ struct LlamaConfig {
   bool tied_embeddings = false;  // output head shares the embedding matrix
   int64_t bos_id = 1;
   int64_t eos_id = 2;
+  std::string architecture = "llama";  // llama, mistral, qwen2, qwen3: what the checkpoint says
+  int64_t explicit_head_dim = 0;  // 0: dim / n_heads (Qwen3 and Gemma set their own)
+  bool attention_bias = false;    // q, k, v carry biases (Qwen2; LLaMA/Qwen3 `attention_bias`)
+  bool output_bias = false;       // o_proj carries one too (LLaMA/Qwen3 `attention_bias`)
+  bool qk_norm = false;           // RMSNorm over each head of q and k before the rotary (Qwen3)
+  int64_t sliding_window = 0;     // 0: none; a window of more tokens is refused (Mistral)
+  RopeConfig rope;
 
-  int64_t head_dim() const { return dim / n_heads; }
+  int64_t head_dim() const { return explicit_head_dim > 0 ? explicit_head_dim : dim / n_heads; }
+  int64_t q_dim() const { return n_heads * head_dim(); }      // the attention's width (attn_out)
+  int64_t kv_dim() const { return n_kv_heads * head_dim(); }
   // Throws sqlab::Error naming `origin` when the numbers do not make a model.
   void check(const std::string& origin) const;
 };
@@ -42,6 +71,16 @@ struct LlamaLayer {
   at::Tensor w_gate;      // hidden_dim x dim
   at::Tensor w_up;        // hidden_dim x dim
   at::Tensor w_down;      // dim x hidden_dim
+  // Present only where the family has them (undefined otherwise):
+  at::Tensor bq, bk, bv;  // attention biases (config.attention_bias)
+  at::Tensor bo;          // o_proj bias (config.output_bias)
+  at::Tensor q_norm, k_norm;  // head_dim gains of the per-head q/k RMSNorm (config.qk_norm)
+
+  // Every tensor the layer holds, defined or not, for code that treats them alike
+  // (copies, device moves): the weights first, then the optional ones.
+  std::vector<at::Tensor*> tensors() {
+    return {&attn_norm, &wq, &wk, &wv, &wo, &mlp_norm, &w_gate, &w_up, &w_down, &bq, &bk, &bv, &bo, &q_norm, &k_norm};
+  }
 };
 
 struct LlamaWeights {

@@ -58,6 +58,12 @@ LlamaWeights rotated_model(const LlamaWeights& m, const at::Tensor& R, const Qua
     n.w_up = reader(l.w_up);
     n.wo = writer(l.wo);
     n.w_down = writer(l.w_down);
+    n.bq = l.bq;  // biases of readers and the per-head norms do not see the residual basis
+    n.bk = l.bk;
+    n.bv = l.bv;
+    n.q_norm = l.q_norm;
+    n.k_norm = l.k_norm;
+    if (l.bo.defined()) n.bo = at::matmul(l.bo, R);  // a writer's bias: b R
     w.layers.push_back(std::move(n));
   }
   QuantSpec head = quant.weight;

@@ -143,8 +143,8 @@ const LlamaWeights& ModelBackend::model(const Plan& plan) const {
       w.output = w.config.tied_embeddings ? w.embedding : w.output.to(cuda);
       w.final_norm = w.final_norm.to(cuda);
       for (LlamaLayer& l : w.layers)
-        for (at::Tensor* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down})
-          *t = t->to(cuda);
+        for (at::Tensor* t : l.tensors())
+          if (t->defined()) *t = t->to(cuda);
     }
     it = models_.emplace(key, std::move(w)).first;
   }
