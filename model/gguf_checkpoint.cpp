@@ -54,6 +54,7 @@ class TensorReader {
 };
 
 std::string blk(int64_t layer, const char* rest) { return fmt::format("blk.{}.{}.weight", layer, rest); }
+std::string blk_bias(int64_t layer, const char* rest) { return fmt::format("blk.{}.{}.bias", layer, rest); }
 
 }  // namespace
 
@@ -63,12 +64,21 @@ bool is_gguf_file(const std::string& path) {
   return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
 }
 
+// The GGUF architectures sqlab reads: llama.cpp writes LLaMA and Mistral as 'llama' (q/k
+// rows permuted for its interleaved rotary), Qwen2/2.5 as 'qwen2' and Qwen3 as 'qwen3'
+// (rows as in Hugging Face: their rotary is NEOX-style, which is rotate-half).
+bool permutes_qk(const std::string& arch) { return arch == "llama"; }
+
 LlamaConfig llama_config_from_gguf(const GgufMetadata& md, const std::string& origin) {
   const std::string& arch = md.get_string("general.architecture");
-  if (arch != "llama")
-    fail(origin, fmt::format("general.architecture is '{}'; sqlab reads 'llama' GGUF models", arch));
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3")
+    fail(origin, fmt::format("general.architecture is '{}'; sqlab reads 'llama', 'qwen2' and 'qwen3' GGUF models", arch));
   const std::string p = arch + ".";
   LlamaConfig c;
+  c.architecture = arch;
+  c.attention_bias = arch == "qwen2";
+  c.qk_norm = arch == "qwen3";
+  if (md.has(p + "attention.key_length")) c.explicit_head_dim = positive(md, p + "attention.key_length", origin);
   c.dim = positive(md, p + "embedding_length", origin);
   c.n_layers = positive(md, p + "block_count", origin);
   c.hidden_dim = positive(md, p + "feed_forward_length", origin);
@@ -81,10 +91,10 @@ LlamaConfig llama_config_from_gguf(const GgufMetadata& md, const std::string& or
     c.vocab_size = positive(md, p + "vocab_size", origin);
   else if (md.has("tokenizer.ggml.tokens"))
     c.vocab_size = static_cast<int64_t>(md.get_string_array("tokenizer.ggml.tokens").size());
-  if (c.n_heads > 0 && c.dim % c.n_heads == 0 && md.has(p + "rope.dimension_count") &&
-      positive(md, p + "rope.dimension_count", origin) != c.dim / c.n_heads)
+  if (c.n_heads > 0 && (c.explicit_head_dim > 0 || c.dim % c.n_heads == 0) && md.has(p + "rope.dimension_count") &&
+      positive(md, p + "rope.dimension_count", origin) != c.head_dim())
     fail(origin, fmt::format("{}rope.dimension_count = {} rotates part of each head (head dim {}): not supported", p,
-                             md.get_u64(p + "rope.dimension_count"), c.dim / c.n_heads));
+                             md.get_u64(p + "rope.dimension_count"), c.head_dim()));
   if (md.has(p + "rope.scaling.type") && md.get_string(p + "rope.scaling.type") != "none")
     fail(origin, fmt::format("{}rope.scaling.type '{}' is not supported", p, md.get_string(p + "rope.scaling.type")));
   if (md.has("tokenizer.ggml.bos_token_id")) c.bos_id = md.get_i64("tokenizer.ggml.bos_token_id");
@@ -98,21 +108,38 @@ LlamaWeights load_gguf(const std::string& path) {
   LlamaWeights w;
   w.config = llama_config_from_gguf(file.metadata(), path);
   w.origin = path;
+  // A LLaMA GGUF may carry attention biases (attention_bias: true in its config.json).
+  if (file.contains(blk_bias(0, "attn_q"))) w.config.attention_bias = true;
+  if (file.contains(blk_bias(0, "attn_output"))) w.config.output_bias = true;
   const LlamaConfig& c = w.config;
-  const int64_t hd = c.head_dim(), q_dim = c.n_heads * hd, kv_dim = c.n_kv_heads * hd;
+  const int64_t hd = c.head_dim(), q_dim = c.q_dim(), kv_dim = c.kv_dim();
+  const bool permuted = permutes_qk(c.architecture);
+  const auto qk = [&](const at::Tensor& t, int64_t heads) { return permuted ? interleaved_to_rotate_half(t, heads) : t; };
   TensorReader source(file);
   w.embedding = source.get("token_embd.weight", {c.vocab_size, c.dim});
   for (int64_t l = 0; l < c.n_layers; ++l) {
     LlamaLayer L;
     L.attn_norm = source.get(blk(l, "attn_norm"), {c.dim});
-    L.wq = interleaved_to_rotate_half(source.get(blk(l, "attn_q"), {q_dim, c.dim}), c.n_heads);
-    L.wk = interleaved_to_rotate_half(source.get(blk(l, "attn_k"), {kv_dim, c.dim}), c.n_kv_heads);
+    L.wq = qk(source.get(blk(l, "attn_q"), {q_dim, c.dim}), c.n_heads);
+    L.wk = qk(source.get(blk(l, "attn_k"), {kv_dim, c.dim}), c.n_kv_heads);
     L.wv = source.get(blk(l, "attn_v"), {kv_dim, c.dim});
     L.wo = source.get(blk(l, "attn_output"), {c.dim, q_dim});
     L.mlp_norm = source.get(blk(l, "ffn_norm"), {c.dim});
     L.w_gate = source.get(blk(l, "ffn_gate"), {c.hidden_dim, c.dim});
     L.w_up = source.get(blk(l, "ffn_up"), {c.hidden_dim, c.dim});
     L.w_down = source.get(blk(l, "ffn_down"), {c.dim, c.hidden_dim});
+    // A bias of a permuted q/k is permuted like its rows.
+    const auto qk_bias = [&](const at::Tensor& b, int64_t heads) { return qk(b.unsqueeze(1), heads).squeeze(1); };
+    if (c.attention_bias) {
+      L.bq = qk_bias(source.get(blk_bias(l, "attn_q"), {q_dim}), c.n_heads);
+      L.bk = qk_bias(source.get(blk_bias(l, "attn_k"), {kv_dim}), c.n_kv_heads);
+      L.bv = source.get(blk_bias(l, "attn_v"), {kv_dim});
+    }
+    if (c.output_bias) L.bo = source.get(blk_bias(l, "attn_output"), {c.dim});
+    if (c.qk_norm) {
+      L.q_norm = source.get(blk(l, "attn_q_norm"), {hd});
+      L.k_norm = source.get(blk(l, "attn_k_norm"), {hd});
+    }
     w.layers.push_back(std::move(L));
   }
   w.final_norm = source.get("output_norm.weight", {c.dim});
@@ -146,18 +173,29 @@ std::unique_ptr<Tokenizer> load_gguf_tokenizer(const std::string& path) {
 
 void save_gguf(const LlamaWeights& w, const std::string& path, GgmlType type, const BpeVocab& vocab) {
   const LlamaConfig& c = w.config;
+  // GGUF says nothing of rope scaling or a sliding window here (llama.cpp keeps llama3's
+  // scaling as a rope_freqs tensor): such a model is refused rather than written wrongly.
+  if (c.rope.type != RopeScaling::none || c.sliding_window > 0)
+    throw config_error(fmt::format("GGUF model '{}': sqlab writes no rope scaling or sliding window to GGUF ({} "
+                                   "model); write it as a Hugging Face checkpoint (save_hf)", path, c.architecture));
+  const std::string arch = c.architecture == "mistral" ? "llama" : c.architecture;
+  const std::string p = arch + ".";
   GgufMetadata md(path);
-  md.set("general.architecture", GgufValue::str("llama"));
-  md.set("llama.context_length", GgufValue::u32(static_cast<uint32_t>(c.max_seq_len)));
-  md.set("llama.embedding_length", GgufValue::u32(static_cast<uint32_t>(c.dim)));
-  md.set("llama.block_count", GgufValue::u32(static_cast<uint32_t>(c.n_layers)));
-  md.set("llama.feed_forward_length", GgufValue::u32(static_cast<uint32_t>(c.hidden_dim)));
-  md.set("llama.attention.head_count", GgufValue::u32(static_cast<uint32_t>(c.n_heads)));
-  md.set("llama.attention.head_count_kv", GgufValue::u32(static_cast<uint32_t>(c.n_kv_heads)));
-  md.set("llama.rope.freq_base", GgufValue::f32(static_cast<float>(c.rope_theta)));
-  md.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(static_cast<float>(c.norm_eps)));
-  md.set("llama.rope.dimension_count", GgufValue::u32(static_cast<uint32_t>(c.head_dim())));
-  md.set("llama.vocab_size", GgufValue::u32(static_cast<uint32_t>(c.vocab_size)));
+  md.set("general.architecture", GgufValue::str(arch));
+  md.set(p + "context_length", GgufValue::u32(static_cast<uint32_t>(c.max_seq_len)));
+  md.set(p + "embedding_length", GgufValue::u32(static_cast<uint32_t>(c.dim)));
+  md.set(p + "block_count", GgufValue::u32(static_cast<uint32_t>(c.n_layers)));
+  md.set(p + "feed_forward_length", GgufValue::u32(static_cast<uint32_t>(c.hidden_dim)));
+  md.set(p + "attention.head_count", GgufValue::u32(static_cast<uint32_t>(c.n_heads)));
+  md.set(p + "attention.head_count_kv", GgufValue::u32(static_cast<uint32_t>(c.n_kv_heads)));
+  md.set(p + "rope.freq_base", GgufValue::f32(static_cast<float>(c.rope_theta)));
+  md.set(p + "attention.layer_norm_rms_epsilon", GgufValue::f32(static_cast<float>(c.norm_eps)));
+  md.set(p + "rope.dimension_count", GgufValue::u32(static_cast<uint32_t>(c.head_dim())));
+  if (c.explicit_head_dim > 0) {
+    md.set(p + "attention.key_length", GgufValue::u32(static_cast<uint32_t>(c.head_dim())));
+    md.set(p + "attention.value_length", GgufValue::u32(static_cast<uint32_t>(c.head_dim())));
+  }
+  md.set(p + "vocab_size", GgufValue::u32(static_cast<uint32_t>(c.vocab_size)));
   if (!vocab.tokens.empty()) {
     md.set("tokenizer.ggml.model", GgufValue::str("gpt2"));
     md.set("tokenizer.ggml.pre", GgufValue::str(vocab.pre));
@@ -178,14 +216,23 @@ void save_gguf(const LlamaWeights& w, const std::string& path, GgmlType type, co
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LlamaLayer& L = w.layers[static_cast<size_t>(l)];
     norm(blk(l, "attn_norm"), L.attn_norm);
-    matrix(blk(l, "attn_q"), rotate_half_to_interleaved(L.wq, c.n_heads));
-    matrix(blk(l, "attn_k"), rotate_half_to_interleaved(L.wk, c.n_kv_heads));
+    const bool permute = permutes_qk(arch);
+    const auto qk = [&](const at::Tensor& t, int64_t heads) { return permute ? rotate_half_to_interleaved(t, heads) : t; };
+    matrix(blk(l, "attn_q"), qk(L.wq, c.n_heads));
+    matrix(blk(l, "attn_k"), qk(L.wk, c.n_kv_heads));
     matrix(blk(l, "attn_v"), L.wv);
     matrix(blk(l, "attn_output"), L.wo);
     norm(blk(l, "ffn_norm"), L.mlp_norm);
     matrix(blk(l, "ffn_gate"), L.w_gate);
     matrix(blk(l, "ffn_up"), L.w_up);
     matrix(blk(l, "ffn_down"), L.w_down);
+    const auto vec = [&](const at::Tensor& b, int64_t heads) { return qk(b.unsqueeze(1), heads).squeeze(1); };
+    if (L.bq.defined()) norm(blk_bias(l, "attn_q"), vec(L.bq, c.n_heads));
+    if (L.bk.defined()) norm(blk_bias(l, "attn_k"), vec(L.bk, c.n_kv_heads));
+    if (L.bv.defined()) norm(blk_bias(l, "attn_v"), L.bv);
+    if (L.bo.defined()) norm(blk_bias(l, "attn_output"), L.bo);
+    if (L.q_norm.defined()) norm(blk(l, "attn_q_norm"), L.q_norm);
+    if (L.k_norm.defined()) norm(blk(l, "attn_k_norm"), L.k_norm);
   }
   norm("output_norm.weight", w.final_norm);
   const bool tied = c.tied_embeddings || (w.output.defined() && w.output.is_same(w.embedding));

@@ -196,8 +196,8 @@ TEST(GgufCheckpointErrors, EveryBadModelFileNamesTheTensorOrKey) {
       {"blk.0.ffn_gate.weight", "NaN"});
   bad("extra.gguf", [](auto&, auto& t) { t.push_back({"rope_freqs.weight", at::ones({8}), GgmlType::F32}); },
       {"rope_freqs.weight", "not part of"});
-  bad("arch.gguf", [](auto& m, auto&) { m.set("general.architecture", GgufValue::str("qwen2")); },
-      {"general.architecture", "qwen2"});
+  bad("arch.gguf", [](auto& m, auto&) { m.set("general.architecture", GgufValue::str("gemma2")); },
+      {"general.architecture", "gemma2"});
   bad("rope.gguf", [](auto& m, auto&) { m.set("llama.rope.dimension_count", GgufValue::u32(8)); },
       {"rope.dimension_count"});
   bad("scaling.gguf", [](auto& m, auto&) { m.set("llama.rope.scaling.type", GgufValue::str("yarn")); },

@@ -16,6 +16,7 @@
 #include "core/method.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
+#include "model/gguf_checkpoint.h"
 #include "model/llama.h"
 #include "model/quantized_model.h"
 #include "tests/test_util.h"
@@ -99,6 +100,15 @@ TEST(ModelFamilies, SlidingWindowIsExactWithinItAndRefusedBeyond) {
   EXPECT_NO_THROW(llama_forward(mistral, tokens.narrow(1, 0, 32)));
 }
 
+void expect_refused(const LlamaWeights& w, const std::string& path) {
+  try {
+    save_gguf(w, path, GgmlType::F32, BpeVocab{});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no rope scaling or sliding window"), std::string::npos) << e.what();
+  }
+}
+
 struct SilentLog : FitLog {
   void trace(const std::string&, int64_t, double) override {}
   void metric(const std::string&, double) override {}
@@ -153,6 +163,29 @@ TEST(ModelFamilies, SaveHfRoundTrips) {
     EXPECT_EQ(back.config.head_dim(), w.config.head_dim());
     const Expected e = expected_of(family);
     EXPECT_EQ(relative_error(llama_forward(back, e.tokens), llama_forward(w, e.tokens)), 0.0);
+  }
+}
+
+// GGUF (llama.cpp's layout: 'qwen2'/'qwen3' architectures, rows as in Hugging Face, biases
+// and q/k norms as blk.N.* tensors): written and read back with transformers' logits.
+TEST(ModelFamilies, GgufRoundTripsAndRefusesWhatItCannotHold) {
+  testing::TempDir dir;
+  for (const std::string family : {"qwen2", "qwen3", "llama_linear_bias"}) {
+    SCOPED_TRACE(family);
+    LlamaWeights w = load_checkpoint((kFixtures / family).string());
+    if (family == "llama_linear_bias") {
+      expect_refused(w, dir.file("linear.gguf"));
+      w.config.rope = RopeConfig{};  // without the scaling it is writable; compare against itself
+    }
+    const std::string path = dir.file(family + ".gguf");
+    save_gguf(w, path, GgmlType::F32, BpeVocab{});
+    const LlamaWeights back = load_checkpoint(path);
+    EXPECT_EQ(back.config.architecture, w.config.architecture);
+    EXPECT_EQ(back.config.attention_bias, w.config.attention_bias);
+    EXPECT_EQ(back.config.qk_norm, w.config.qk_norm);
+    const Expected e = expected_of(family);
+    const at::Tensor reference = family == "llama_linear_bias" ? llama_forward(w, e.tokens) : e.logits;
+    EXPECT_LT(relative_error(llama_forward(back, e.tokens), reference), 1e-5);
   }
 }
 

@@ -153,8 +153,8 @@ def main():
     t["blk.0.attn_output.weight"][1, 2] = np.nan
     case("checkpoint_gguf_nan", "a NaN in attn_output", gguf_bytes(metadata(), t),
          ["m.gguf", "blk.0.attn_output.weight", "NaN"])
-    case("checkpoint_gguf_other_architecture", "general.architecture qwen2: refused, not loaded as LLaMA",
-         gguf_bytes(metadata(arch="qwen2"), tensors()), ["m.gguf", "general.architecture", "qwen2"])
+    case("checkpoint_gguf_other_architecture", "general.architecture gemma2: refused, not loaded as LLaMA",
+         gguf_bytes(metadata(arch="gemma2"), tensors()), ["m.gguf", "general.architecture", "gemma2"])
     case("tokenizer_gguf_unknown_pre", "tokenizer.ggml.pre names a pre-tokenizer sqlab does not know",
          gguf_bytes(metadata(pre="mystery-bpe"), tensors()), ["m.gguf", "mystery-bpe"])
     case("tokenizer_gguf_sentencepiece", "tokenizer.ggml.model llama (sentencepiece in GGUF) is not read",
