@@ -20,6 +20,7 @@
 #include "core/runner.h"
 #include "core/summary.h"
 #include "core/system.h"
+#include "model/families.h"
 #include "rotations/hadamard_matrices.h"
 #include "rotations/kronecker.h"
 
@@ -264,16 +265,33 @@ bool has_hadamard(int64_t n) {
 
 }  // namespace
 
+int command_show_model(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("path", po::value<std::string>(), "checkpoint (HF directory, GGUF or llama2.c file)")(
+      "format", po::value<std::string>()->default_value("auto"), "auto | hf | gguf | llama2c");
+  po::positional_options_description positional;
+  positional.add("path", 1);
+  po::variables_map vm;
+  if (!parse_args("show-model", args, options, positional, "sqlab show-model CHECKPOINT [--format FORMAT]", vm))
+    return 0;
+  if (!vm.count("path")) throw config_error("show-model: give a checkpoint (usage: sqlab show-model CHECKPOINT)");
+  fmt::print("{}", describe_checkpoint(vm["path"].as<std::string>(), vm["format"].as<std::string>()));
+  return 0;
+}
+
 int command_list(const std::vector<std::string>& args, const Registries& registries) {
   po::options_description options("options");
-  options.add_options()("what", po::value<std::string>(), "methods | datasets | experiments | factorizations N")(
+  options.add_options()("what", po::value<std::string>(),
+                        "methods | datasets | experiments | models | hadamard | factorizations N")(
       "n", po::value<int64_t>(), "the width whose Kronecker factorizations to list")(
+      "markdown", po::bool_switch(), "models: the README's tables")(
+      "path", po::value<std::string>(), "models: describe this checkpoint (as show-model)")(
       "json", po::bool_switch(), "machine-readable output");
   po::positional_options_description positional;
   positional.add("what", 1).add("n", 1);
   po::variables_map vm;
   if (!parse_args("list", args, options, positional,
-                  "sqlab list methods|datasets|experiments|factorizations N [--json]", vm))
+                  "sqlab list methods|datasets|experiments|models|hadamard|factorizations N [--json]", vm))
     return 0;
   const std::string what = vm.count("what") ? vm["what"].as<std::string>() : "";
   std::vector<std::pair<std::string, std::string>> items;  // name, description
@@ -283,6 +301,26 @@ int command_list(const std::vector<std::string>& args, const Registries& registr
     for (const auto& e : registries.datasets.entries()) items.emplace_back(e.name, e.description);
   } else if (what == "experiments") {
     for (const auto& [name, info] : find_experiments()) items.emplace_back(name, info.second + "  [" + info.first + "]");
+  } else if (what == "models") {
+    if (vm.count("path")) {
+      fmt::print("{}", describe_checkpoint(vm["path"].as<std::string>()));
+      return 0;
+    }
+    if (vm["markdown"].as<bool>()) {
+      fmt::print("{}", model_families_markdown());
+      return 0;
+    }
+    for (const ModelFamily& f : model_families())
+      items.emplace_back(f.model_type, fmt::format("{} (GGUF '{}'): {}", f.hf_class, f.gguf_arch, f.differs));
+    for (const PublishedShape& s : published_shapes())
+      items.emplace_back(fmt::format("{} {}", s.family, s.model),
+                         fmt::format("{}{}; MLP {}; head_dim {}", s.read_by_sqlab ? "" : "(widths only) hidden ",
+                                     hadamard_plan_text(s.dim), hadamard_plan_text(s.hidden_dim),
+                                     hadamard_plan_text(s.head_dim)));
+  } else if (what == "hadamard") {
+    // The base orders sqlab builds and how: n = base x 2^k has a fast Hadamard transform.
+    for (int64_t m : hadamard_base_orders())
+      items.emplace_back(std::to_string(m), hadamard_construction(m));
   } else if (what == "factorizations") {
     // Every `kronecker: [n1, n2]` a sweep over n may list.
     if (!vm.count("n") || vm["n"].as<int64_t>() < 4)
@@ -291,7 +329,8 @@ int command_list(const std::vector<std::string>& args, const Registries& registr
       items.emplace_back(fmt::format("[{}, {}]", n1, n2), has_hadamard(n2) ? "n2 has a Hadamard matrix"
                                                                         : "no Hadamard matrix of order n2");
   } else {
-    throw config_error(fmt::format("list: unknown category '{}' (valid: methods, datasets, experiments, factorizations)", what));
+    throw config_error(fmt::format(
+        "list: unknown category '{}' (valid: methods, datasets, experiments, models, hadamard, factorizations)", what));
   }
   if (vm["json"].as<bool>()) {
     nlohmann::json j = nlohmann::json::array();

@@ -30,9 +30,11 @@ usage:
   sqlab run EXPERIMENT.yaml [--set KEY=VALUE]... [--out DIR] [--shard K/N] [--jobs N] [--resume] [--fail-fast] [--dry-run] [--json]
   sqlab show EXPERIMENT.yaml [--set KEY=VALUE]...
   sqlab show RESULTS_DIR [--format table|markdown|json] [--metric NAME]...
-  sqlab list methods|datasets|experiments [--json]
+  sqlab list methods|datasets|experiments|models|hadamard [--json]
+  sqlab list models [--markdown] [--path CHECKPOINT]   # families read, published widths, Hadamard orders
+  sqlab show-model CHECKPOINT [--format auto|hf|gguf|llama2c]
   sqlab plot RESULTS_DIR [--out DIR]
-  sqlab export RESULTS_DIR [--run RUN_ID] [--format safetensors|npy] --out DIR
+  sqlab export RESULTS_DIR [--run RUN_ID] [--format safetensors|npy] [--dense] --out DIR
   sqlab merge OUT DIR...                  # shard directories into one
   sqlab generate --model PATH [--tokenizer PATH] --prompt TEXT [--steps N] [--set KEY=VALUE]...
   sqlab compare DIR_A DIR_B [...] [--metric NAME]... [--format table|markdown|json] [--force]
@@ -108,12 +110,13 @@ int main(int argc, char** argv) {
     if (command == "run") return sqlab::command_run(args, registries);
     if (command == "show") return sqlab::command_show(args, registries);
     if (command == "list") return sqlab::command_list(args, registries);
+    if (command == "show-model") return sqlab::command_show_model(args);
     if (command == "plot") return sqlab::command_plot(args);
     if (command == "export") return sqlab::command_export(args);
     if (command == "compare") return sqlab::command_compare(args);
     if (command == "merge") return sqlab::command_merge(args);
     if (command == "generate") return sqlab::command_generate(args, registries);
-    fmt::print(stderr, "sqlab: unknown command '{}' (valid: run, show, list, plot, export, compare, merge, generate)\n\n{}", command, kUsage);
+    fmt::print(stderr, "sqlab: unknown command '{}' (valid: run, show, show-model, list, plot, export, compare, merge, generate)\n\n{}", command, kUsage);
     return 2;
   } catch (const sqlab::Error& e) {
     fmt::print(stderr, "sqlab: {}\n", e.what());

@@ -40,6 +40,15 @@ void check_checkpoint_config(const LlamaConfig& c, const std::string& origin) {
     bad(fmt::format("n_heads {} is not a multiple of n_kv_heads {}", c.n_heads, c.n_kv_heads));
   if (!(c.norm_eps > 0) || !(c.norm_eps < 1)) bad(fmt::format("norm_eps {} is not in (0, 1)", c.norm_eps));
   if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) bad(fmt::format("rope_theta {} is not positive", c.rope_theta));
+  if (c.sliding_window < 0) bad(fmt::format("sliding_window {} is negative", c.sliding_window));
+  if (c.rope.type != RopeScaling::none && !(c.rope.factor >= 1.0 && std::isfinite(c.rope.factor)))
+    bad(fmt::format("rope scaling factor {} must be >= 1", c.rope.factor));
+  if (c.rope.type == RopeScaling::llama3 &&
+      (!(c.rope.high_freq_factor > c.rope.low_freq_factor) || !(c.rope.low_freq_factor > 0) ||
+       c.rope.original_max_position <= 0))
+    bad(fmt::format("llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor and "
+                    "original_max_position_embeddings > 0 (got {}, {}, {})",
+                    c.rope.low_freq_factor, c.rope.high_freq_factor, c.rope.original_max_position));
   // Every tensor's element count (and the total) must fit int64: a header with
   // absurd numbers is rejected before anything is allocated.
   checked_mul(checked_mul(c.vocab_size, c.dim, origin), 2, origin);

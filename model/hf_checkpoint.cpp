@@ -309,7 +309,6 @@ LlamaConfig parse_hf_config_json(const std::string& json_text, const std::string
   read_rope(root, c, origin);
   read_family_options(root, c, origin);
   check_checkpoint_config(c, origin);
-  c.check(origin);
   return c;
 }
 

@@ -464,11 +464,19 @@ TEST(CheckpointErrors, HuggingFaceConfigJson) {
   EXPECT_DOUBLE_EQ(c.rope_theta, 10000.0);
   EXPECT_FALSE(c.tied_embeddings);
   EXPECT_EQ(parse(R"(, "eos_token_id": [128001, 128009], "rope_theta": 500000.0)").eos_id, 128001);
-  expect_config_error([&] { parse(R"(, "rope_scaling": {"type": "linear", "factor": 2.0})"); },
-                      {"c.json", "rope_scaling", "not supported"});
+  expect_config_error([&] { parse(R"(, "rope_scaling": {"type": "yarn", "factor": 2.0})"); },
+                      {"c.json", "rope_scaling.rope_type", "yarn"});
+  EXPECT_EQ(parse(R"(, "rope_scaling": {"type": "linear", "factor": 2.0})").rope.type, RopeScaling::linear);
+  expect_config_error([&] { parse(R"(, "rope_scaling": {"rope_type": "linear", "factor": 0.5})"); },
+                      {"c.json", "factor 0.5"});
+  expect_config_error([&] { parse(R"(, "rope_parameters": {"rope_type": "llama3", "factor": 8.0})"); },
+                      {"c.json", "original_max_position_embeddings"});
   expect_config_error([&] { parse(R"(, "model_type": "gpt2")"); }, {"c.json", "model_type"});
   expect_config_error([&] { parse(R"(, "hidden_act": "gelu")"); }, {"hidden_act"});
-  expect_config_error([&] { parse(R"(, "attention_bias": true)"); }, {"attention_bias"});
+  EXPECT_TRUE(parse(R"(, "attention_bias": true)").output_bias);  // LLaMA: q, k, v and o
+  expect_config_error([&] { parse(R"(, "model_type": "mistral", "architectures": ["MistralForCausalLM"], )"
+                                  R"("attention_bias": true)"); },
+                      {"attention_bias"});
   expect_config_error([&] { parse(R"(, "tie_word_embeddings": "yes")"); }, {"tie_word_embeddings", "true or false"});
   expect_config_error([&] { parse_hf_config_json(R"({"hidden_size": 16})", "c.json"); },
                       {"c.json", "missing key 'intermediate_size'"});
