@@ -708,6 +708,39 @@ def scaling(results):
     return [("scaling", fig)]
 
 
+def zero_shot(results):
+    """Accuracy per zero-shot task (eval.tasks): a bar per method label and one for the
+    full-precision model, the harness's standard error (sample std / sqrt(n)) as the
+    error bar, and the mean over the tasks last."""
+    tasks = sorted({m[:-4] for m in results.metric_names if m.endswith(".acc")})
+    groups = [g for g in results.groups if all(t + ".acc" in g.metrics for t in tasks)]
+    if not tasks or not groups:
+        return []
+    colors = style.label_colors(results)
+    # (name, colour, group, suffix): the full-precision scores are in every run as *_fp.
+    series = [("full precision", "#bbbbbb", groups[0], "_fp")]
+    series += [(style.group_name(g), colors[g.label], g, "") for g in groups]
+    names = tasks + ["average"]
+    fig, axes = style.new_figure(results, "Zero-shot accuracy per task",
+                                 panel=(max(6.0, 0.45 * len(names) * len(series)), 4.0))
+    ax = axes[0]
+    width = 0.8 / len(series)
+    x = np.arange(len(names))
+    for i, (name, color, group, suffix) in enumerate(series):
+        values = [group.mean(t + ".acc" + suffix) for t in tasks]
+        errors = [group.mean(t + ".acc_stderr" + suffix) for t in tasks]
+        values.append(float(np.mean(values)))
+        errors.append(float("nan"))
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, yerr=errors, capsize=2, color=color,
+               edgecolor="black", linewidth=0.5, label=name, error_kw={"elinewidth": 0.8})
+    ax.set_xticks(x, names, rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_ylabel("accuracy (acc)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("error bars: the harness's standard error over the examples", fontsize=8)
+    return [("zero_shot", fig)]
+
+
 # --- registry and drawing --------------------------------------------------------
 
 # Figure family -> function. These names are what `plots: [...]` and `--only` accept.
@@ -723,6 +756,7 @@ FIGURES = {
     "sweep_map": sweep_map,
     "time": time,
     "scaling": scaling,
+    "zero_shot": zero_shot,
 }
 
 

@@ -139,7 +139,7 @@ const std::vector<std::string>& figure_families() {
   // The keys of analysis/figures.py FIGURES, in its order (analysis/tests checks they agree).
   static const std::vector<std::string> names = {"convergence", "traces", "ablation", "outliers", "error_split",
                                                  "channels", "histograms", "sweep", "sweep_map", "time",
-                                                 "scaling"};
+                                                 "scaling", "zero_shot"};
   return names;
 }
 

@@ -180,7 +180,8 @@ std::vector<std::string> headline_metrics(const std::vector<SummaryRow>& rows) {
   // does for the few tokens that carry massive outliers.
   static const std::vector<std::string> kHeadline = {
       "rel_output_error", "rel_output_error_outlier_tokens", "rel_output_error_other_tokens", "ppl", "ppl_fp", "sqnr_db",
-      "act_absmax", "act_kurtosis", "quantization_pass_seconds", "evaluation_seconds"};
+      "act_absmax", "act_kurtosis", "zero_shot_acc", "zero_shot_acc_fp", "quantization_pass_seconds",
+      "evaluation_seconds"};
   std::set<std::string> present;
   for (const auto& row : rows)
     for (const auto& [name, value] : row.metrics) present.insert(name);

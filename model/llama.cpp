@@ -114,6 +114,10 @@ at::Tensor hook(ForwardHooks* hooks, int64_t layer, LinearSite site, const at::T
 }  // namespace
 
 at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens, ForwardHooks* hooks) {
+  return at::linear(llama_hidden(weights, tokens, hooks), weights.output);
+}
+
+at::Tensor llama_hidden(const LlamaWeights& weights, const at::Tensor& tokens, ForwardHooks* hooks) {
   const LlamaConfig& c = weights.config;
   if (tokens.dim() != 2) {
     throw Error(fmt::format("llama_forward: tokens must be B x T, got {} dimensions", tokens.dim()));
@@ -172,8 +176,7 @@ at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens, 
     g = hook(hooks, l, LinearSite::mlp_out, g);
     x = x + at::linear(g, layer.w_down);
   }
-  at::Tensor h = hook(hooks, -1, LinearSite::head, rms_norm(x, weights.final_norm, c.norm_eps));
-  return at::linear(h, weights.output);
+  return hook(hooks, -1, LinearSite::head, rms_norm(x, weights.final_norm, c.norm_eps));
 }
 
 }  // namespace sqlab

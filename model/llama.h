@@ -115,4 +115,9 @@ class ForwardHooks {
 at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens,
                          ForwardHooks* hooks = nullptr);
 
+// The head's input (B x T x dim): the final norm's output after the head hook, so that
+// logits = llama_hidden(...) W_out^T. For scoring a few positions of long rows without a
+// (B x T x vocab) tensor: select the positions, then apply the head.
+at::Tensor llama_hidden(const LlamaWeights& weights, const at::Tensor& tokens, ForwardHooks* hooks = nullptr);
+
 }  // namespace sqlab

@@ -18,9 +18,11 @@
 #include "model/checkpoint.h"
 #include "model/gguf_checkpoint.h"
 #include "model/model_cayley.h"
+#include "model/loglikelihood.h"
 #include "model/perplexity.h"
 #include "model/quantized_model.h"
 #include "model/tokenizer.h"
+#include "tasks/task.h"
 
 namespace sqlab {
 namespace {
@@ -36,6 +38,17 @@ struct EvalSettings {
   bool bos = true;
   int64_t batch = 8;
   TextSelection documents;  // a .jsonl text: which documents, joined how
+  // Zero-shot tasks (tasks/task.h): spec names, the data folder, examples per task, shots.
+  std::vector<std::string> tasks;
+  std::string tasks_dir;
+  int64_t limit = 0;  // 0: every example
+  int64_t num_fewshot = 0;
+};
+
+// One task's spec and requests, built once per experiment.
+struct PreparedTask {
+  TaskSpec spec;
+  TaskRequests requests;
 };
 struct CalibSettings {
   std::string text;  // empty: eval.text
@@ -82,6 +95,12 @@ class ModelBackend : public ModelRunBackend {
   mutable std::map<std::string, std::unique_ptr<Tokenizer>> tokenizers_;
   mutable std::map<std::string, std::vector<int64_t>> tokens_;
   mutable std::map<std::string, PerplexityResult> fp_;
+  mutable std::map<std::string, PreparedTask> tasks_;             // by spec path # limit # shots
+  mutable std::map<std::string, std::vector<LoglikelihoodResult>> fp_tasks_;  // full precision, per model
+
+  const PreparedTask& task(const Plan& plan, const std::string& name) const;
+  std::string task_key(const Plan& plan, const std::string& name) const;
+  void score_tasks(const Plan& plan, const QuantizedModel& quantized, RunRecord& record) const;
 };
 
 std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, const RunSpec& run,
@@ -103,7 +122,22 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   m.finish();
 
   ConfigReader e(run.config["eval"], ex.file, "eval", run.sources);
-  plan->eval.text = e.existing_path("text");
+  if (const YAML::Node tasks = e.raw("tasks")) {
+    if (!tasks.IsSequence()) e.fail("tasks", "expected a list of task names, e.g. [piqa, arc_easy]");
+    for (const auto& t : tasks) {
+      if (!t.IsScalar()) e.fail("tasks", "expected a list of task names");
+      plan->eval.tasks.push_back(t.as<std::string>());
+    }
+    const std::vector<std::string> known = known_tasks();
+    for (const std::string& t : plan->eval.tasks)
+      if (std::find(known.begin(), known.end(), t) == known.end())
+        e.fail("tasks", fmt::format("unknown task '{}' (known: {}; configs/tasks/NAME.yaml)", t, fmt::join(known, ", ")));
+  }
+  plan->eval.tasks_dir = e.get<std::string>("tasks_dir", std::string(SQLAB_SOURCE_DIR) + "/../shared/data/tasks");
+  plan->eval.limit = non_negative(e, "limit", 0);
+  plan->eval.num_fewshot = non_negative(e, "num_fewshot", 0);
+  // Perplexity needs a text; a zero-shot run may go without one (then calib.text is required).
+  plan->eval.text = e.existing_path("text", plan->eval.tasks.empty());
   plan->eval.seq_len = non_negative(e, "seq_len", 0);
   plan->eval.stride = non_negative(e, "stride", 0);
   plan->eval.max_tokens = non_negative(e, "max_tokens", 0);
@@ -123,6 +157,8 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   plan->calib.seq_len = non_negative(c, "seq_len", 0);
   plan->calib.fit_tokens = non_negative(c, "fit_tokens", 0);
   if (plan->calib.tokens == 0) c.fail("tokens", "must be positive");
+  if (plan->calib.text.empty() && plan->eval.text.empty())
+    c.fail("text", "required when eval has no text (a zero-shot run calibrates on a text of its own)");
   c.finish();
 
   plan->quant = parse_model_quant_config(run.config["quant"], ex.file, run.sources);
@@ -193,8 +229,76 @@ void ModelBackend::validate(const ModelRunPlan& base, const RotationMethod& meth
                                    plan.model.tokenizer, tok->vocab_size(), w.config.vocab_size));
   for (const std::string& text : {plan.eval.text, plan.calib.text})
     if (!text.empty()) tokens(plan, text);  // tokenizes (and checks) once; cached for the runs
+  if (!plan.eval.tasks.empty() && !tok)
+    throw config_error(fmt::format("{}: eval.tasks: zero-shot tasks need a tokenizer (model.tokenizer)", plan.file));
+  for (const std::string& name : plan.eval.tasks) task(plan, name);  // specs, data and requests, checked once
   method.check_width(w.config.dim);
   if (plan.quant.model.placement == Placement::online) method.check_width(w.config.hidden_dim);
+}
+
+std::string ModelBackend::task_key(const Plan& plan, const std::string& name) const {
+  return fmt::format("{}#{}#{}#{}", task_spec_path(name), plan.eval.tasks_dir, plan.eval.limit, plan.eval.num_fewshot);
+}
+
+const PreparedTask& ModelBackend::task(const Plan& plan, const std::string& name) const {
+  const std::string key = task_key(plan, name);
+  auto it = tasks_.find(key);
+  if (it == tasks_.end()) {
+    PreparedTask t;
+    t.spec = load_task_spec(task_spec_path(name));
+    const std::vector<nlohmann::json> docs = load_task_documents(t.spec, plan.eval.tasks_dir, plan.eval.limit);
+    try {
+      t.requests = build_task_requests(t.spec, docs, plan.eval.tasks_dir, plan.eval.num_fewshot);
+    } catch (const Error& e) {  // a document the spec cannot read: the data or the spec is wrong
+      throw config_error(e.what());
+    }
+    it = tasks_.emplace(key, std::move(t)).first;
+  }
+  return it->second;
+}
+
+// Every task on the full-precision model (once per model, task and protocol) and on the
+// quantized one: /metrics/TASK.acc, TASK.acc_stderr, TASK.acc_norm, ..., TASK.examples and the
+// same with _fp; the mean acc over the tasks (zero_shot_acc); per task the spec's sha256, the
+// lm-eval task it reproduces and the first example's prompt as attributes.
+void ModelBackend::score_tasks(const Plan& plan, const QuantizedModel& quantized, RunRecord& record) const {
+  if (plan.eval.tasks.empty()) return;
+  LoglikelihoodOptions options;
+  options.max_length = plan.eval.seq_len;
+  options.batch = plan.eval.batch;
+  options.bos = plan.eval.bos;
+  double acc_sum = 0.0, acc_fp_sum = 0.0;
+  for (const std::string& name : plan.eval.tasks) {
+    const PreparedTask& t = task(plan, name);
+    const std::string fp_key = fmt::format("{}#{}#{}#{}", plan.model.path, task_key(plan, name), options.bos,
+                                           options.max_length);
+    auto fp = fp_tasks_.find(fp_key);
+    if (fp == fp_tasks_.end())
+      fp = fp_tasks_.emplace(fp_key, score_loglikelihoods(model(plan), nullptr, *tokenizer(plan), t.requests.requests,
+                                                          options)).first;
+    const std::vector<LoglikelihoodResult> q = score_loglikelihoods(quantized.weights, quantized.hooks.get(),
+                                                                    *tokenizer(plan), t.requests.requests, options);
+    const TaskScores scores = score_task(t.spec, t.requests, q);
+    const TaskScores fp_scores = score_task(t.spec, t.requests, fp->second);
+    for (const auto& [metric, value] : scores.metrics) record.metrics[name + "." + metric] = value;
+    for (const auto& [metric, value] : fp_scores.metrics) record.metrics[name + "." + metric + "_fp"] = value;
+    record.metrics[name + ".examples"] = static_cast<double>(scores.examples);
+    acc_sum += scores.metrics.at("acc");
+    acc_fp_sum += fp_scores.metrics.at("acc");
+    record.attributes["task." + name + ".spec_sha256"] = t.spec.sha256;
+    record.attributes["task." + name + ".reproduces"] = t.spec.reproduces;
+    record.attributes["task." + name + ".first_prompt"] = t.requests.first_prompt;
+  }
+  const double n = static_cast<double>(plan.eval.tasks.size());
+  record.metrics["zero_shot_acc"] = acc_sum / n;
+  record.metrics["zero_shot_acc_fp"] = acc_fp_sum / n;
+  record.attributes["task_protocol"] = fmt::format(
+      "lm-evaluation-harness log-likelihood scoring (tasks/task.h): tasks {}; {} examples per task ({}); {} shots; "
+      "window {} tokens, contexts cut from the left; BOS {}; data {}",
+      fmt::join(plan.eval.tasks, ", "), plan.eval.limit > 0 ? std::to_string(plan.eval.limit) : "all",
+      plan.eval.limit > 0 ? "eval.limit: not a reportable score" : "the whole split", plan.eval.num_fewshot,
+      options.max_length > 0 ? options.max_length : model(plan).config.max_seq_len, options.bos ? "yes" : "no",
+      plan.eval.tasks_dir);
 }
 
 RunRecord ModelBackend::execute(const PreparedRun& p) const {
@@ -205,7 +309,9 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   const LlamaWeights& fp = model(plan);
   const int64_t seq_len = plan.eval.seq_len > 0 ? plan.eval.seq_len : fp.config.max_seq_len;
   const int64_t stride = plan.eval.stride > 0 ? plan.eval.stride : seq_len;
-  const std::vector<int64_t>& all = tokens(plan, plan.eval.text);
+  const bool has_text = !plan.eval.text.empty();
+  static const std::vector<int64_t> kNoTokens;
+  const std::vector<int64_t>& all = has_text ? tokens(plan, plan.eval.text) : kNoTokens;
   const int64_t eval_count = plan.eval.max_tokens > 0 ? std::min<int64_t>(plan.eval.max_tokens, all.size()) : all.size();
   const at::Tensor eval_tokens = at::tensor(std::vector<int64_t>(all.begin(), all.begin() + eval_count), at::kLong);
 
@@ -224,7 +330,8 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   const double load_seconds = now_seconds() - start;
 
   const double fp_start = now_seconds();
-  const PerplexityResult& fp_ppl = full_precision(plan, eval_tokens, seq_len, stride);  // cached per model
+  static const PerplexityResult kNoPerplexity;
+  const PerplexityResult& fp_ppl = has_text ? full_precision(plan, eval_tokens, seq_len, stride) : kNoPerplexity;
   const double fp_seconds = now_seconds() - fp_start;
 
   // Build the quantized model.
@@ -259,9 +366,13 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   throw_if_interrupted();
 
   const double eval_start = now_seconds();
-  const PerplexityResult q = perplexity(quantized.weights, eval_tokens, seq_len, stride, quantized.hooks.get(),
-                                        plan.eval.batch);
+  const PerplexityResult q = has_text ? perplexity(quantized.weights, eval_tokens, seq_len, stride,
+                                                   quantized.hooks.get(), plan.eval.batch)
+                                      : PerplexityResult{};
   const double eval_seconds = now_seconds() - eval_start;
+  const double tasks_start = now_seconds();
+  score_tasks(plan, quantized, record);
+  const double tasks_seconds = now_seconds() - tasks_start;
   const double record_start = now_seconds();
 
   // One residual site: its fit metrics (e.g. cayley_sgd's grad_norm_ratio) are the run's,
@@ -270,13 +381,15 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
     record.metrics = record.site_metrics.begin()->second;
     record.site_metrics.clear();
   }
-  record.metrics["ppl"] = q.ppl;
-  record.metrics["nll"] = q.nll_mean;
-  record.metrics["ppl_fp"] = fp_ppl.ppl;
-  record.metrics["nll_fp"] = fp_ppl.nll_mean;
-  record.metrics["ppl_ratio"] = q.ppl / fp_ppl.ppl;
-  record.metrics["tokens"] = static_cast<double>(q.tokens_scored);
-  record.metrics["windows"] = static_cast<double>(q.windows);
+  if (has_text) {
+    record.metrics["ppl"] = q.ppl;
+    record.metrics["nll"] = q.nll_mean;
+    record.metrics["ppl_fp"] = fp_ppl.ppl;
+    record.metrics["nll_fp"] = fp_ppl.nll_mean;
+    record.metrics["ppl_ratio"] = q.ppl / fp_ppl.ppl;
+    record.metrics["tokens"] = static_cast<double>(q.tokens_scored);
+    record.metrics["windows"] = static_cast<double>(q.windows);
+  }
   record.metrics["seq_len"] = static_cast<double>(seq_len);
   record.metrics["stride"] = static_cast<double>(stride);
   record.metrics["calib_tokens"] = static_cast<double>(calib.numel());
@@ -285,7 +398,8 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   record.metrics["build_seconds"] = build_seconds;
   record.metrics["eval_seconds"] = eval_seconds;
   record.metrics["quantization_pass_seconds"] = build_seconds;  // fit + fuse + quantize
-  record.metrics["evaluation_seconds"] = eval_seconds + fp_seconds;
+  record.metrics["evaluation_seconds"] = eval_seconds + fp_seconds + tasks_seconds;
+  if (!plan.eval.tasks.empty()) record.metrics["tasks_seconds"] = tasks_seconds;
   record.attributes["eval_text"] = plan.eval.text;
   record.attributes["calib_text"] = calib_text;
   record.attributes["tokenizer"] = plan.model.tokenizer.empty() ? "(token ids)" : plan.model.tokenizer;
@@ -297,11 +411,12 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
                         plan.eval.documents.documents > 0 ? std::to_string(plan.eval.documents.documents) : "all",
                         plan.eval.documents.join)
           : "";
-  record.attributes["ppl_protocol"] = fmt::format(
-      "text {}{} tokenized whole (bos {}), first {} tokens; windows of {} tokens, stride {}; {} windows, {} scored "
-      "targets (each once); ppl = exp(mean NLL)",
-      plan.eval.text, documents, plan.eval.bos ? "at the start" : "none", eval_count, seq_len, stride, q.windows,
-      q.tokens_scored);
+  if (has_text)
+    record.attributes["ppl_protocol"] = fmt::format(
+        "text {}{} tokenized whole (bos {}), first {} tokens; windows of {} tokens, stride {}; {} windows, {} scored "
+        "targets (each once); ppl = exp(mean NLL)",
+        plan.eval.text, documents, plan.eval.bos ? "at the start" : "none", eval_count, seq_len, stride, q.windows,
+        q.tokens_scored);
   record.attributes["calib_protocol"] =
       fmt::format("text {}, tokens [{}, {}), windows of {}", calib_text, calib_begin, calib_begin + calib.numel(),
                   calib.size(1));
@@ -317,6 +432,7 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   record.timing["eval_fp"] = fp_seconds;
   record.timing["build"] = build_seconds;
   record.timing["apply"] = eval_seconds;
+  record.timing["tasks"] = tasks_seconds;
   record.timing["record"] = now_seconds() - record_start;
   finish_timing(record, now_seconds() - start);
   return record;

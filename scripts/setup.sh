@@ -13,6 +13,8 @@ packages=(
   libsentencepiece-dev sentencepiece
   # Byte-level BPE pre-tokenizers need Unicode letter/number classes (model/bpe_tokenizer.cpp).
   libpcre2-dev
+  # Task spec hashes (tasks/task.cpp: SHA-256 of each spec file in every run file).
+  libssl-dev
   # Speed (toolchain.md): OpenBLAS's OpenMP variant and tcmalloc.
   libopenblas0-openmp libtcmalloc-minimal4
   # Figures: called through /usr/bin/python3.

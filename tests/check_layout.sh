@@ -7,7 +7,7 @@ set -euo pipefail
 # --self-test: a tree with one broken rule must fail, the same tree fixed must pass.
 if [ "${1:-}" = "--self-test" ]; then
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-  mkdir -p "$tmp"/{io,rotations,quant,core,methods,model,datasets,app}
+  mkdir -p "$tmp"/{io,rotations,quant,core,methods,tasks,model,datasets,app}
   printf '#include "core/error.h"\n#include "core/config.h"\n' > "$tmp/rotations/kernel.cpp"
   if "$0" "$tmp" > "$tmp/out.txt"; then echo "self-test: a broken rule passed"; exit 1; fi
   grep -q 'rotations/kernel.cpp includes "core/config.h"' "$tmp/out.txt" || { cat "$tmp/out.txt"; exit 1; }
@@ -25,9 +25,10 @@ declare -A allowed=(
   [quant]="core/error.h core/rotation.h core/site.h core/run_record.h rotations/simd.h"
   [core]="quant/ rotations/ io/"
   [methods]="core/ quant/ rotations/ io/"
-  [model]="methods/ core/ quant/ rotations/ io/"
-  [datasets]="model/ core/ quant/ rotations/ io/"
-  [app]="datasets/ model/ methods/ core/ quant/ rotations/ io/"
+  [tasks]="core/ io/"
+  [model]="tasks/ methods/ core/ quant/ rotations/ io/"
+  [datasets]="model/ tasks/ core/ quant/ rotations/ io/"
+  [app]="datasets/ model/ tasks/ methods/ core/ quant/ rotations/ io/"
 )
 
 violations=0
@@ -59,7 +60,7 @@ while IFS= read -r hit; do
   echo "layout: $hit: only app/ may include app/"
   violations=$((violations + 1))
 done < <(grep -rnE '^\s*#\s*include\s+"app/' --include='*.h' --include='*.cpp' \
-           core rotations quant io methods model datasets tests bench fuzz tools 2>/dev/null || true)
+           core rotations quant io methods tasks model datasets tests bench fuzz tools 2>/dev/null || true)
 
 if [ $violations -gt 0 ]; then
   echo "layout: $violations include(s) break the rules (README \"Layout of the code\")"

@@ -1,0 +1,35 @@
+// The log-likelihood of continuations given contexts under a (quantized) model, computed
+// as lm-evaluation-harness's Hugging Face backend does (lm_eval/api/model.py _encode_pair,
+// lm_eval/models/huggingface.py _loglikelihood_tokens): the context's trailing whitespace
+// moves to the continuation; the continuation's tokens are those of tokenize(context +
+// continuation) after tokenize(context)'s; an empty context becomes the BOS (else EOS)
+// token; the input is (context + continuation)[-(max_length + 1):][:-1], cut from the left;
+// the result is the sum of the continuation tokens' log-probabilities and whether each is
+// the argmax (greedy).
+#pragma once
+
+#include <vector>
+
+#include "model/llama.h"
+#include "model/tokenizer.h"
+#include "tasks/task.h"
+
+namespace sqlab {
+
+struct LoglikelihoodOptions {
+  int64_t max_length = 0;     // the model's window (0: its context)
+  int64_t batch = 8;          // rows per forward pass (sorted by length, padded on the right)
+  int64_t batch_tokens = 16384;  // and at most this many padded tokens per pass
+  bool bos = false;           // tokenize with the BOS token first (what the tokenizer adds by default)
+};
+
+// Token ids of one request: the context's and the continuation's (lm-eval's _encode_pair).
+std::pair<std::vector<int64_t>, std::vector<int64_t>> encode_request(const Tokenizer& tokenizer,
+                                                                     const LoglikelihoodRequest& request, bool bos);
+
+std::vector<LoglikelihoodResult> score_loglikelihoods(const LlamaWeights& weights, ForwardHooks* hooks,
+                                                      const Tokenizer& tokenizer,
+                                                      const std::vector<LoglikelihoodRequest>& requests,
+                                                      const LoglikelihoodOptions& options);
+
+}  // namespace sqlab

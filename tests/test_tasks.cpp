@@ -1,0 +1,368 @@
+// Zero-shot tasks (tasks/, model/loglikelihood.h): each spec in configs/tasks against
+// contexts and continuations written out by hand for two documents of the real split
+// (skipped, with a message, where ../shared/data/tasks is absent), the metrics against a
+// direct computation, the log-likelihood against full logits, LAMBADA's greedy match, the
+// left truncation, and bad task files.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "model/checkpoint.h"
+#include "model/llama.h"
+#include "model/loglikelihood.h"
+#include "tasks/readers.h"
+#include "tasks/task.h"
+#include "tasks/template.h"
+#include "tests/test_util.h"
+
+namespace sqlab {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::expect_config_error;
+using testing::TempDir;
+using testing::write_text;
+
+const std::string kTasksDir = std::string(SQLAB_SHARED_DATA) + "/tasks";
+
+struct Expected {
+  std::string task;
+  size_t document;
+  size_t requests;  // of this document
+  int64_t gold;
+  std::string context, continuation;  // of the gold request
+};
+
+// Written from lm-eval's task definitions (configs/tasks/*.yaml cite them) applied by hand to
+// the first two documents of each file.
+const std::vector<Expected> kExpected = {
+    {"piqa", 0, 2, 0, "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:",
+     " Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper strips, you will also "
+     "need to supply it with a water bottle and a food dish."},
+    {"piqa", 1, 2, 1, "Question: dresser\nAnswer:", " finish, woodgrain with  bobby pin "},
+    {"arc_easy", 0, 4, 0,
+     "Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:",
+     " Sunlight is the source of energy for nearly all ecosystems."},
+    {"arc_easy", 1, 4, 1,
+     "Question: Which piece of safety equipment is used to keep mold spores from entering the respiratory "
+     "system?\nAnswer:",
+     " breathing mask"},
+    {"arc_challenge", 0, 4, 2,
+     "Question: An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most "
+     "likely effect of this increase in rotation?\nAnswer:",
+     " Planetary days will become shorter."},
+    {"winogrande", 0, 2, 1, "Sarah was a much better surgeon than Maria so Maria", " always got the easier cases."},
+    {"winogrande", 1, 2, 0, "Sarah was a much better surgeon than Maria so Sarah", " always got the harder cases."},
+    {"lambada_openai", 1, 1, 0, "", " Shane"},
+    {"openbookqa", 0, 4, 1,
+     "A person wants to start saving money so that they can afford a nice vacation at the end of the year. After "
+     "looking over their budget and expenses, they decide the best way to save money is to",
+     " quit eating lunch out"},
+    {"openbookqa", 1, 4, 0, "There is most likely going to be fog around:", " a marsh"},
+    {"hellaswag", 0, 4, 3, "Roof shingle removal: A man is sitting on a roof. he", " starts pulling up roofing on a roof."},
+    {"hellaswag", 1, 4, 3, "Clean and jerk: A lady walks to a barbell. She bends down and grabs the pole. the lady",
+     " stands and lifts the weight over her head."},
+    {"mmlu", 0, 4, 1,
+     "The following are multiple choice questions (with answers) about abstract algebra.\n\nFind the degree for the "
+     "given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\nA. 0\nB. 4\nC. 2\nD. 6\nAnswer:",
+     " B"},
+};
+
+TEST(TaskSpecs, RealDocumentsGiveLmEvalsPrompts) {
+  if (!fs::exists(kTasksDir)) GTEST_SKIP() << "no " << kTasksDir << " (the shared task data)";
+  for (const Expected& e : kExpected) {
+    SCOPED_TRACE(fmt::format("{} document {}", e.task, e.document));
+    const TaskSpec spec = load_task_spec(task_spec_path(e.task));
+    const auto docs = load_task_documents(spec, kTasksDir, 2);
+    const TaskRequests r = build_task_requests(spec, docs, kTasksDir);
+    ASSERT_EQ(r.count[e.document], static_cast<int64_t>(e.requests));
+    EXPECT_EQ(r.gold[e.document], e.gold);
+    const LoglikelihoodRequest& req = r.requests[static_cast<size_t>(r.first[e.document] + e.gold)];
+    if (e.task == "lambada_openai") {  // the context is the long passage: check its end
+      EXPECT_TRUE(req.context.size() > 100 && req.context.compare(req.context.size() - 31, 31,
+                                                                   "\"I can make it there on my own,") == 0)
+          << req.context;
+    } else {
+      EXPECT_EQ(req.context, e.context);
+    }
+    EXPECT_EQ(req.continuation, e.continuation);
+  }
+  // BoolQ: passage, question with "?", the no/yes answers; the split's counts.
+  const TaskSpec boolq = load_task_spec(task_spec_path("boolq"));
+  const TaskRequests b = build_task_requests(boolq, load_task_documents(boolq, kTasksDir, 2), kTasksDir);
+  EXPECT_EQ(b.gold, (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(b.requests[0].continuation, " no");
+  EXPECT_EQ(b.requests[1].continuation, " yes");
+  const std::string& ctx = b.requests[0].context;
+  EXPECT_EQ(ctx.substr(0, 44), "Ethanol fuel -- All biomass goes through at ");
+  EXPECT_EQ(ctx.substr(ctx.size() - 68),
+            "\nQuestion: does ethanol take more energy make that produces?\nAnswer:");
+  // MMLU 5-shot: the description, five dev examples with their answers, then the question.
+  const TaskSpec mmlu = load_task_spec(task_spec_path("mmlu"));
+  const TaskRequests five = build_task_requests(mmlu, load_task_documents(mmlu, kTasksDir, 1), kTasksDir, 5);
+  const std::string& shots = five.requests[0].context;
+  EXPECT_EQ(shots.find("The following are multiple choice questions (with answers) about abstract algebra.\n\n"
+                       "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3\n"
+                       "Answer: B\n\n"),
+            0u);
+  size_t answers = 0;
+  for (size_t at = shots.find("\nAnswer: "); at != std::string::npos; at = shots.find("\nAnswer: ", at + 1)) ++answers;
+  EXPECT_EQ(answers, 5u);
+}
+
+TEST(TaskSpecs, WholeSplitsHaveTheirOfficialCounts) {
+  if (!fs::exists(kTasksDir)) GTEST_SKIP() << "no " << kTasksDir << " (the shared task data)";
+  const std::vector<std::pair<std::string, size_t>> counts = {
+      {"piqa", 1838},       {"arc_easy", 2376},   {"arc_challenge", 1172}, {"boolq", 3270}, {"winogrande", 1267},
+      {"lambada_openai", 5153}, {"openbookqa", 500}, {"hellaswag", 10042},  {"mmlu", 14042}};
+  for (const auto& [task, n] : counts) {
+    const TaskSpec spec = load_task_spec(task_spec_path(task));
+    const auto docs = load_task_documents(spec, kTasksDir);
+    EXPECT_EQ(docs.size(), n) << task;
+    EXPECT_NO_THROW(build_task_requests(spec, docs, kTasksDir)) << task;  // every document reads
+  }
+}
+
+TEST(TaskTemplates, FiltersFollowPython) {
+  const nlohmann::json doc = {{"s", "  Hello World  "}, {"t", "The cat sat down"}, {"b", "a _ b"},
+                              {"h", " A [title] B [step] C  D "}, {"n", 3}, {"list", {{{"x", "y"}}}}};
+  EXPECT_EQ(render_template("{s|strip}|{s|lstrip}|", doc, "t"), "Hello World|Hello World  |");
+  EXPECT_EQ(render_template("{t|capitalize}", nlohmann::json{{"t", "hELLO World"}}, "t"), "Hello world");
+  EXPECT_EQ(render_template("{t|but_last_word}/{t|last_word}", doc, "t"), "The cat sat/down");
+  EXPECT_EQ(render_template("[{b|before:_}][{b|after:_|strip}]", doc, "t"), "[a ][b]");
+  EXPECT_EQ(render_template("{h|hellaswag}", doc, "t"), "A. B C D");
+  EXPECT_EQ(render_template("{{{n}}} {list.0.x}", doc, "t"), "{3} y");
+  EXPECT_EQ(code_points("caf\xC3\xA9"), 4);  // Python len(), not bytes
+  EXPECT_THROW(render_template("{missing}", doc, "t"), Error);
+  expect_config_error([] { check_template("{x|upper}", "spec.yaml: context"); }, {"spec.yaml: context", "upper"});
+  expect_config_error([] { check_template("{x", "spec.yaml: context"); }, {"unclosed"});
+  expect_config_error([] { check_template("{x|before}", "spec.yaml: context"); }, {"needs an argument"});
+}
+
+TEST(TaskCsv, QuotedFieldsAndNewlines) {
+  const auto rows = parse_csv("a,b\n\"x, \"\"y\"\"\",\"1\n2\"\n", "t.csv");
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[1][0], "x, \"y\"");
+  EXPECT_EQ(rows[1][1], "1\n2");
+}
+
+// A tiny task of our own: three documents, known log-likelihoods.
+TaskSpec tiny_spec(TaskOutput output) {
+  TaskSpec s;
+  s.name = "tiny";
+  s.output = output;
+  s.context = "{q}";
+  s.choices = {"{a}", "{bb}", "{ccc}"};
+  s.gold.value = "{g}";
+  s.metrics = {"acc", "acc_norm"};
+  return s;
+}
+
+TEST(TaskMetrics, AccAccNormAndStderrAsLmEval) {
+  const TaskSpec spec = tiny_spec(TaskOutput::multiple_choice);
+  std::vector<nlohmann::json> docs;
+  for (int g : {0, 1, 2}) docs.push_back({{"q", "Q"}, {"a", "x"}, {"bb", "yy"}, {"ccc", "zzz"}, {"g", g}});
+  const TaskRequests r = build_task_requests(spec, docs, "");
+  ASSERT_EQ(r.requests.size(), 9u);
+  EXPECT_EQ(r.requests[1].continuation, " yy");
+  // Document 0: ll (-1, -1.5, -2.4): acc picks 0 (right), acc_norm /(1, 2, 3) = (-1, -.75, -.8) picks 1 (wrong).
+  // Document 1: ll (-2, -2, -9): a tie, the first wins (0, wrong); norm (-2, -1, -3) picks 1 (right).
+  // Document 2: ll (-5, -4, -3): 2 (right); norm (-5, -2, -1) picks 2 (right).
+  const std::vector<double> ll = {-1, -1.5, -2.4, -2, -2, -9, -5, -4, -3};
+  std::vector<LoglikelihoodResult> results;
+  for (double v : ll) results.push_back({v, false});
+  const TaskScores s = score_task(spec, r, results);
+  EXPECT_EQ(s.examples, 3);
+  EXPECT_NEAR(s.metrics.at("acc"), 2.0 / 3.0, 1e-15);
+  EXPECT_NEAR(s.metrics.at("acc_norm"), 2.0 / 3.0, 1e-15);
+  // values (1, 0, 1): sample std sqrt(1/3), over sqrt(3): 1/3.
+  EXPECT_NEAR(s.metrics.at("acc_stderr"), 1.0 / 3.0, 1e-15);
+  // LAMBADA-style: acc = greedy, ppl = exp(-mean ll).
+  TaskSpec lambada;
+  lambada.name = "lam";
+  lambada.output = TaskOutput::loglikelihood;
+  lambada.context = "{t|but_last_word}";
+  lambada.target = " {t|last_word}";
+  lambada.metrics = {"ppl", "acc"};
+  const TaskRequests lr = build_task_requests(lambada, {{{"t", "a b c"}}, {{"t", "d e"}}}, "");
+  EXPECT_EQ(lr.requests[0].context, "a b");
+  EXPECT_EQ(lr.requests[0].continuation, " c");
+  const TaskScores ls = score_task(lambada, lr, {{-1.0, true}, {-3.0, false}});
+  EXPECT_DOUBLE_EQ(ls.metrics.at("acc"), 0.5);
+  EXPECT_NEAR(ls.metrics.at("ppl"), std::exp(2.0), 1e-12);
+}
+
+// Bytes as tokens: id = byte + 2 (0 BOS, 1 EOS), so every string's tokens are known.
+class ByteTokenizer : public Tokenizer {
+ public:
+  std::vector<int64_t> encode(const std::string& text, bool bos) const override {
+    std::vector<int64_t> ids;
+    if (bos) ids.push_back(0);
+    for (unsigned char c : text) ids.push_back(c + 2);
+    return ids;
+  }
+  std::string decode(const std::vector<int64_t>& ids) const override {
+    std::string s;
+    for (int64_t id : ids)
+      if (id >= 2) s += static_cast<char>(id - 2);
+    return s;
+  }
+  std::string piece(int64_t id) const override { return decode({id}); }
+  int64_t vocab_size() const override { return 258; }
+  int64_t bos_id() const override { return 0; }
+  int64_t eos_id() const override { return 1; }
+  const std::string& origin() const override { return origin_; }
+
+ private:
+  std::string origin_ = "bytes";
+};
+
+LlamaWeights tiny_model() {
+  LlamaConfig c;
+  c.dim = 32;
+  c.hidden_dim = 64;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.vocab_size = 258;
+  c.max_seq_len = 64;
+  return random_llama(c, 7);
+}
+
+// Direct: log-softmax of the full logits of (context + continuation) at the positions
+// before each continuation token.
+double direct_loglikelihood(const LlamaWeights& w, const std::vector<int64_t>& input, size_t continuation_tokens,
+                            const std::vector<int64_t>& targets) {
+  const at::Tensor logits = llama_forward(w, at::tensor(input, at::kLong).view({1, -1}))[0].to(at::kDouble);
+  const at::Tensor logp = at::log_softmax(logits, -1);
+  double sum = 0.0;
+  for (size_t j = 0; j < continuation_tokens; ++j)
+    sum += logp[static_cast<int64_t>(input.size() - continuation_tokens + j)][targets[j]].item<double>();
+  return sum;
+}
+
+TEST(Loglikelihood, SumOverTheContinuationTokensOfTheFullLogits) {
+  const LlamaWeights w = tiny_model();
+  const ByteTokenizer tok;
+  // Trailing whitespace of the context moves to the continuation (lm-eval's _encode_pair).
+  const auto [ctx, cont] = encode_request(tok, {"Question: x\nAnswer: ", "yes"}, false);
+  EXPECT_EQ(tok.decode(ctx), "Question: x\nAnswer:");
+  EXPECT_EQ(tok.decode(cont), " yes");
+  const std::vector<LoglikelihoodRequest> requests = {
+      {"Question: x\nAnswer:", " yes"}, {"ab", " no"}, {"a longer context here", " c"}, {"", "hi"}};
+  LoglikelihoodOptions options;
+  options.batch = 3;  // rows of different lengths share a padded batch
+  const auto results = score_loglikelihoods(w, nullptr, tok, requests, options);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto [c, k] = encode_request(tok, requests[i], false);
+    std::vector<int64_t> all = c;
+    all.insert(all.end(), k.begin(), k.end());
+    all.pop_back();
+    EXPECT_NEAR(results[i].loglikelihood, direct_loglikelihood(w, all, k.size(), k), 1e-4) << i;
+  }
+  // An empty context reads the BOS token first.
+  EXPECT_EQ(encode_request(tok, {"", "hi"}, false).first, std::vector<int64_t>{0});
+}
+
+TEST(Loglikelihood, ContextsAreCutFromTheLeft) {
+  const LlamaWeights w = tiny_model();
+  const ByteTokenizer tok;
+  LoglikelihoodOptions options;
+  options.max_length = 8;
+  const std::string context = "0123456789abcdefghij";  // 20 tokens, + 3 of continuation
+  const auto result = score_loglikelihoods(w, nullptr, tok, {{context, "xyz"}}, options)[0];
+  // (context + continuation)[-(8 + 1):][:-1]: the last 9 tokens minus the last.
+  const std::vector<int64_t> all = tok.encode(context + "xyz", false);
+  const std::vector<int64_t> input(all.end() - 9, all.end() - 1);
+  EXPECT_NEAR(result.loglikelihood, direct_loglikelihood(w, input, 3, tok.encode("xyz", false)), 1e-4);
+}
+
+TEST(Loglikelihood, GreedyMatchOnAModelThatAlwaysSaysOneToken) {
+  // Every layer writes nothing, the embedding puts a large value in channel 0, and the head
+  // reads channel 0 for token 'w' only: 'w' is the argmax after any context.
+  LlamaWeights w = tiny_model();
+  for (LlamaLayer& l : w.layers) {
+    l.wo.zero_();
+    l.w_down.zero_();
+  }
+  w.embedding = at::randn_like(w.embedding) * 0.01;
+  w.embedding.select(1, 0).fill_(5.0);
+  w.final_norm.fill_(1.0);
+  w.output = at::zeros({258, 32});
+  const int64_t word = 'w' + 2;
+  w.output[word][0] = 10.0;
+  w.config.tied_embeddings = false;
+  const ByteTokenizer tok;
+  TaskSpec lambada;
+  lambada.name = "lam";
+  lambada.output = TaskOutput::loglikelihood;
+  lambada.context = "{t|but_last_word}";
+  lambada.target = "{t|last_word}";  // no space: the last word's only token is its letter
+  lambada.metrics = {"acc", "ppl"};
+  const TaskRequests r = build_task_requests(lambada, {{{"t", "some text w"}}, {{"t", "other text v"}}}, "");
+  const auto results = score_loglikelihoods(w, nullptr, tok, r.requests, {});
+  EXPECT_TRUE(results[0].greedy);
+  EXPECT_FALSE(results[1].greedy);
+  EXPECT_DOUBLE_EQ(score_task(lambada, r, results).metrics.at("acc"), 0.5);
+}
+
+TEST(TaskSpecErrors, BadTaskFilesNameTheFileAndLine) {
+  TempDir dir;
+  const std::string base = "task: t\nreproduces: x\ndocuments: {reader: jsonl, files: d.jsonl}\n";
+  write_text(dir.file("missing.yaml"), base + "choices: [\"{a}\"]\ngold: \"{g}\"\nmetrics: [acc]\n");
+  expect_config_error([&] { load_task_spec(dir.file("missing.yaml")); }, {"missing.yaml", "context", "missing"});
+  write_text(dir.file("metric.yaml"), base + "context: x\nchoices: [\"{a}\"]\ngold: \"{g}\"\nmetrics: [ppl]\n");
+  expect_config_error([&] { load_task_spec(dir.file("metric.yaml")); }, {"metric.yaml:7", "ppl"});
+  write_text(dir.file("filter.yaml"), base + "context: \"{q|upper}\"\nchoices: [\"{a}\"]\ngold: \"{g}\"\nmetrics: [acc]\n");
+  expect_config_error([&] { load_task_spec(dir.file("filter.yaml")); }, {"filter.yaml", "upper"});
+  write_text(dir.file("reader.yaml"), "task: t\nreproduces: x\ndocuments: {reader: xml, files: d}\ncontext: x\n");
+  expect_config_error([&] { load_task_spec(dir.file("reader.yaml")); }, {"reader.yaml:3", "xml"});
+  // A gold label out of range names the document.
+  write_text(dir.file("ok.yaml"), base + "context: \"{q}\"\nchoices: [\"{a}\", \"{b}\"]\ngold: \"{g}\"\nmetrics: [acc]\n");
+  write_text(dir.file("d.jsonl"), "{\"q\": \"Q\", \"a\": \"x\", \"b\": \"y\", \"g\": 1}\n{\"q\": \"Q\", \"a\": \"x\", \"b\": \"y\", \"g\": 2}\n");
+  const TaskSpec ok = load_task_spec(dir.file("ok.yaml"));
+  const auto docs = load_task_documents(ok, dir.path().string());
+  try {
+    build_task_requests(ok, docs, dir.path().string());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("document 1: gold '2' is not a choice index (0..1)"), std::string::npos)
+        << e.what();
+  }
+  write_text(dir.file("d.jsonl"), "{\"q\": 1}\nnot json\n");
+  expect_config_error([&] { load_task_documents(ok, dir.path().string()); }, {"d.jsonl:2", "not a JSON object"});
+  expect_config_error([&] { task_spec_path("no_such_task"); }, {"unknown task 'no_such_task'", "piqa"});
+}
+
+// An experiment naming an unknown task or a missing data folder exits 2 before anything runs.
+TEST(TaskSpecErrors, ExperimentsCheckTasksBeforeRunning) {
+  if (!fs::exists(testing::smollm2_gguf_path())) FAIL() << testing::smollm2_missing_message();
+  TempDir dir;
+  const std::string yaml = fmt::format(R"(name: zs
+model: {{path: {}}}
+eval: {{tasks: [piqa, nope], bos: false}}
+calib: {{text: {}/wikitext2/test.txt, tokens: 64, seq_len: 32}}
+methods: [{{method: identity}}]
+)",
+                                       testing::smollm2_gguf_path(), SQLAB_SHARED_DATA);
+  write_text(dir.file("zs.yaml"), yaml);
+  const auto r = testing::run_cli(dir.path(), "run zs.yaml --out out");
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("zs.yaml:3"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("unknown task 'nope'"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir.path() / "out" / "runs")) << "something ran";
+  write_text(dir.file("zs2.yaml"), yaml.substr(0, yaml.find("[piqa, nope]")) + "[piqa], tasks_dir: nowhere" +
+                                       yaml.substr(yaml.find(", bos")));
+  const auto missing = testing::run_cli(dir.path(), "run zs2.yaml --out out2");
+  EXPECT_EQ(missing.code, 2) << missing.err;
+  EXPECT_NE(missing.err.find("task data 'nowhere/piqa/valid.jsonl' is missing"), std::string::npos) << missing.err;
+}
+
+}  // namespace
+}  // namespace sqlab
