@@ -160,13 +160,7 @@ std::string numpy_check(const TempDir& dir, const std::string& run_id, const std
       "cd '{0}' && PYTHONPATH='{0}' /usr/bin/python3 tests/check_exported_rotations.py '{1}/out/{2}.safetensors' "
       "'{1}/results/{2}.reference.safetensors'{3} 2>&1; echo \"exit=$?\"",
       SQLAB_SOURCE_DIR, dir.path().string(), run_id, dense);
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-  pclose(pipe);
-  return out;
+  return testing::run_capture(cmd);
 }
 
 TEST(StoredForms, NumpyRebuildsEveryExportedForm) {

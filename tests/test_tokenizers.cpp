@@ -215,15 +215,7 @@ std::string find_program(const std::string& name) {
   return "";
 }
 
-std::string run_capture(const std::string& command) {
-  FILE* pipe = popen(command.c_str(), "r");
-  std::string out;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-  pclose(pipe);
-  return out;
-}
+using testing::run_capture;
 
 const char* kCorpus =
     "Once upon a time there was a little cat named Tom.\n"

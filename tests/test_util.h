@@ -95,17 +95,25 @@ struct CliResult {
   std::string err;
 };
 
-// Runs `SQLAB_BINARY ARGS` in `dir` (with `env`, e.g. "NO_COLOR=1", before it).
-inline CliResult run_cli(const std::filesystem::path& dir, const std::string& args, const std::string& env = "") {
-  const std::string err_file = (dir / "stderr.txt").string();
-  const std::string cmd = "cd '" + dir.string() + "' && " + env + " " + SQLAB_BINARY + " " + args + " 2>'" + err_file + "'";
-  FILE* pipe = popen(cmd.c_str(), "r");
+// The standard output of a shell command; its exit code in *code when given (-1: killed).
+inline std::string run_capture(const std::string& command, int* code = nullptr) {
+  FILE* pipe = popen(command.c_str(), "r");
   std::string out;
   char buffer[4096];
   size_t n;
   while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
   const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, read_text(err_file)};
+  if (code) *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+// Runs `SQLAB_BINARY ARGS` in `dir` (with `env`, e.g. "NO_COLOR=1", before it).
+inline CliResult run_cli(const std::filesystem::path& dir, const std::string& args, const std::string& env = "") {
+  const std::string err_file = (dir / "stderr.txt").string();
+  const std::string cmd = "cd '" + dir.string() + "' && " + env + " " + SQLAB_BINARY + " " + args + " 2>'" + err_file + "'";
+  int code = 0;
+  std::string out = run_capture(cmd, &code);
+  return {code, std::move(out), read_text(err_file)};
 }
 
 }  // namespace sqlab::testing
