@@ -347,10 +347,13 @@ TEST(TaskSpecErrors, ExperimentsCheckTasksBeforeRunning) {
   const std::string yaml = fmt::format(R"(name: zs
 model: {{path: {}}}
 eval: {{tasks: [piqa, nope], bos: false}}
-calib: {{text: {}/wikitext2/test.txt, tokens: 64, seq_len: 32}}
+calib: {{text: calib.txt, tokens: 64, seq_len: 32}}
 methods: [{{method: identity}}]
 )",
-                                       testing::smollm2_gguf_path(), SQLAB_SHARED_DATA);
+                                       testing::smollm2_gguf_path());
+  std::string calib;
+  for (int i = 0; i < 40; ++i) calib += "Researchers rotate activations before they quantize a model. ";
+  write_text(dir.file("calib.txt"), calib);
   write_text(dir.file("zs.yaml"), yaml);
   const auto r = testing::run_cli(dir.path(), "run zs.yaml --out out");
   EXPECT_EQ(r.code, 2) << r.err;
