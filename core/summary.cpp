@@ -186,8 +186,12 @@ std::vector<std::string> headline_metrics(const std::vector<SummaryRow>& rows) {
   for (const auto& row : rows)
     for (const auto& [name, value] : row.metrics) present.insert(name);
   std::vector<std::string> chosen;
-  for (const auto& name : kHeadline)
+  for (const auto& name : kHeadline) {
+    if (name == "zero_shot_acc")  // each zero-shot task's acc (eval.tasks: TASK.acc), then their mean
+      for (const auto& metric : present)
+        if (metric.size() > 4 && metric.compare(metric.size() - 4, 4, ".acc") == 0) chosen.push_back(metric);
     if (present.count(name)) chosen.push_back(name);
+  }
   return chosen;
 }
 
