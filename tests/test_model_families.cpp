@@ -144,7 +144,9 @@ TEST(ModelFamilies, FusedModelsGiveTheOriginalLogits) {
         QuantizedModelHooks hooks = *built.hooks;
         const double error = relative_error(llama_forward(built.weights, e.tokens, &hooks), reference);
         EXPECT_LT(error, 1e-5);
-        if (fp.config.tied_embeddings && quant.find("residual") != std::string::npos) EXPECT_TRUE(built.head_untied);
+        if (fp.config.tied_embeddings && quant.find("residual") != std::string::npos) {
+          EXPECT_TRUE(built.head_untied);
+        }
       }
     }
   }

@@ -80,8 +80,9 @@ TEST(StoredForms, EveryRotationTypeRebuildsFromItsForm) {
     const at::Tensor rows = sample_rows(rotation->size());
     const at::Tensor rebuilt = dense_from_factors(factors).index_select(0, rows);
     EXPECT_LT((rebuilt - rows_of(*rotation, rows)).abs().max().item<double>(), 1e-12);
-    if (rotation->size() <= 4096)
+    if (rotation->size() <= 4096) {
       EXPECT_LT((dense_from_factors(factors) - rotation->dense()).abs().max().item<double>(), 1e-12);
+    }
   }
 }
 
