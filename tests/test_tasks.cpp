@@ -7,7 +7,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -16,6 +18,7 @@
 #include "model/checkpoint.h"
 #include "model/llama.h"
 #include "model/loglikelihood.h"
+#include "model/tokenizer.h"
 #include "tasks/readers.h"
 #include "tasks/task.h"
 #include "tasks/template.h"
@@ -114,6 +117,48 @@ TEST(TaskSpecs, RealDocumentsGiveLmEvalsPrompts) {
   size_t answers = 0;
   for (size_t at = shots.find("\nAnswer: "); at != std::string::npos; at = shots.find("\nAnswer: ", at + 1)) ++answers;
   EXPECT_EQ(answers, 5u);
+}
+
+// lm-evaluation-harness itself (tools/zero_shot_reference.py: its task code fed the local
+// files, its Hugging Face backend on SmolLM2 loaded by transformers) on the first 4 documents
+// of each task: sqlab's prompts are byte-for-byte its prompts and its log-likelihoods agree.
+TEST(TaskSpecs, SmolLM2AgreesWithLmEvaluationHarness) {
+  if (!fs::exists(kTasksDir)) GTEST_SKIP() << "no " << kTasksDir << " (the shared task data)";
+  if (!fs::exists(testing::smollm2_gguf_path())) FAIL() << testing::smollm2_missing_message();
+  const nlohmann::json reference = nlohmann::json::parse(testing::read_text(
+      (fs::path(SQLAB_SOURCE_DIR) / "tests" / "fixtures" / "tasks" / "smollm2_lm_eval.json").string()));
+  const LlamaWeights model = load_checkpoint(testing::smollm2_gguf_path());
+  const auto tokenizer = load_tokenizer(testing::smollm2_gguf_path());
+  double worst = 0.0;
+  for (const auto& [label, expected] : reference["tasks"].items()) {
+    SCOPED_TRACE(label);
+    const bool mmlu = label.rfind("mmlu", 0) == 0;
+    const TaskSpec spec = load_task_spec(task_spec_path(mmlu ? "mmlu" : label));
+    const auto docs = load_task_documents(spec, kTasksDir, reference["docs_per_task"].get<int64_t>());
+    const TaskRequests r = build_task_requests(spec, docs, kTasksDir, label.find("5shot") != std::string::npos ? 5 : 0);
+    ASSERT_EQ(r.requests.size(), expected.size());
+    for (const auto& e : expected) {
+      const size_t i = static_cast<size_t>(r.first[e["doc"].get<size_t>()] + e["choice"].get<int64_t>());
+      EXPECT_EQ(r.requests[i].context, e["context"].get<std::string>());
+      EXPECT_EQ(r.requests[i].continuation, e["continuation"].get<std::string>());
+    }
+    // The log-likelihoods of the first 2 documents (the prompts of all 4 are checked above).
+    LoglikelihoodOptions options;
+    options.batch = 8;
+    const size_t scored = static_cast<size_t>(r.first[2]);
+    const std::vector<LoglikelihoodRequest> first(r.requests.begin(), r.requests.begin() + static_cast<int64_t>(scored));
+    const auto results = score_loglikelihoods(model, nullptr, *tokenizer, first, options);
+    for (const auto& e : expected) {
+      const size_t i = static_cast<size_t>(r.first[e["doc"].get<size_t>()] + e["choice"].get<int64_t>());
+      if (i >= scored) continue;
+      const double want = e["loglikelihood"].get<double>();
+      EXPECT_NEAR(results[i].loglikelihood, want, 1e-3 * std::max(1.0, std::fabs(want))) << e["context"];
+      EXPECT_EQ(results[i].greedy, e["greedy"].get<bool>());
+      worst = std::max(worst, std::fabs(results[i].loglikelihood - want));
+    }
+  }
+  std::printf("[ tasks ] SmolLM2 log-likelihoods vs lm-evaluation-harness %s: max |difference| %.2e\n",
+              reference["lm_eval"].get<std::string>().c_str(), worst);
 }
 
 TEST(TaskSpecs, WholeSplitsHaveTheirOfficialCounts) {
