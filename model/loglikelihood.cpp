@@ -58,27 +58,38 @@ std::vector<LoglikelihoodResult> score_loglikelihoods(const LlamaWeights& weight
     if (cont.size() > input.size()) cont.erase(cont.begin(), cont.end() - static_cast<int64_t>(input.size()));
     rows.push_back({i, std::move(input), std::move(cont)});
   }
-  // Longest first (lm-eval's order too), so a batch pads little.
+  // Longest first (lm-eval's order too), so a batch pads little; equal inputs next to each
+  // other, so that they share one row of the forward pass: the choices of a question whose
+  // continuations are one token each (MMLU's " A".." D", BoolQ's " no"/" yes") read the same
+  // input and differ only in the token scored at its last position.
   std::vector<size_t> order(rows.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rows[a].input.size() > rows[b].input.size(); });
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (rows[a].input.size() != rows[b].input.size()) return rows[a].input.size() > rows[b].input.size();
+    return rows[a].input < rows[b].input;
+  });
 
   std::vector<LoglikelihoodResult> results(requests.size());
   const at::Device device = weights.embedding.device();
   for (size_t start = 0; start < order.size();) {
     throw_if_interrupted();
     const int64_t width = static_cast<int64_t>(rows[order[start]].input.size());
+    const auto same_input = [&](size_t r) { return r > start && rows[order[r]].input == rows[order[r - 1]].input; };
     size_t end = start;
-    while (end < order.size() && static_cast<int64_t>(end - start) < options.batch &&
-           static_cast<int64_t>(end - start + 1) * width <= std::max(options.batch_tokens, width))
-      ++end;
-    at::Tensor tokens = at::zeros({static_cast<int64_t>(end - start), width}, at::kLong);
+    int64_t distinct = 0;  // rows of the forward pass
+    for (; end < order.size(); ++end) {
+      if (same_input(end)) continue;
+      if (distinct == options.batch || (distinct + 1) * width > std::max(options.batch_tokens, width)) break;
+      ++distinct;
+    }
+    at::Tensor tokens = at::zeros({distinct, width}, at::kLong);
     std::vector<int64_t> select;  // flat positions whose next token is a continuation token
     std::vector<int64_t> targets;
+    int64_t b = -1;
     for (size_t r = start; r < end; ++r) {
       const Row& row = rows[order[r]];
-      const int64_t b = static_cast<int64_t>(r - start), n = static_cast<int64_t>(row.input.size());
-      tokens[b].narrow(0, 0, n).copy_(at::tensor(row.input, at::kLong));
+      const int64_t n = static_cast<int64_t>(row.input.size());
+      if (!same_input(r)) tokens[++b].narrow(0, 0, n).copy_(at::tensor(row.input, at::kLong));
       const int64_t c = static_cast<int64_t>(row.continuation.size());
       for (int64_t j = 0; j < c; ++j) {
         select.push_back(b * width + n - c + j);

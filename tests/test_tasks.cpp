@@ -299,8 +299,10 @@ TEST(Loglikelihood, SumOverTheContinuationTokensOfTheFullLogits) {
   const auto [ctx, cont] = encode_request(tok, {"Question: x\nAnswer: ", "yes"}, false);
   EXPECT_EQ(tok.decode(ctx), "Question: x\nAnswer:");
   EXPECT_EQ(tok.decode(cont), " yes");
+  // The last three read the same input (one-token continuations) and share a forward row.
   const std::vector<LoglikelihoodRequest> requests = {
-      {"Question: x\nAnswer:", " yes"}, {"ab", " no"}, {"a longer context here", " c"}, {"", "hi"}};
+      {"Question: x\nAnswer:", " yes"}, {"ab", " no"}, {"a longer context here", " c"}, {"", "hi"},
+      {"xy", "A"}, {"xy", "B"}, {"xy", "C"}};
   LoglikelihoodOptions options;
   options.batch = 3;  // rows of different lengths share a padded batch
   const auto results = score_loglikelihoods(w, nullptr, tok, requests, options);
