@@ -28,6 +28,18 @@ const std::vector<ModelFamily>& model_families() {
   return families;
 }
 
+const ModelFamily* find_model_family(const std::string& model_type) {
+  for (const ModelFamily& f : model_families())
+    if (f.model_type == model_type) return &f;
+  return nullptr;
+}
+
+std::string model_families_text() {
+  std::vector<std::string> names;
+  for (const ModelFamily& f : model_families()) names.push_back(fmt::format("{} ({})", f.model_type, f.hf_class));
+  return fmt::format("{}", fmt::join(names, ", "));
+}
+
 const std::vector<PublishedShape>& published_shapes() {
   static const std::vector<PublishedShape> shapes = {
       {"LLaMA-2", "7B", 4096, 11008, 32, 128, true},       {"LLaMA-2", "13B", 5120, 13824, 40, 128, true},

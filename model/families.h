@@ -21,6 +21,12 @@ struct ModelFamily {
 
 const std::vector<ModelFamily>& model_families();
 
+// The family of a config.json model_type; nullptr when sqlab does not read it.
+const ModelFamily* find_model_family(const std::string& model_type);
+
+// "llama (LlamaForCausalLM), mistral (...), ...": what error messages list.
+std::string model_families_text();
+
 // A published model's widths (from its config.json).
 struct PublishedShape {
   std::string family;

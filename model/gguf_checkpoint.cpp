@@ -3,12 +3,14 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <set>
 
 #include "core/error.h"
 #include "model/checkpoint.h"
+#include "model/families.h"
 
 namespace sqlab {
 namespace {
@@ -71,8 +73,12 @@ bool permutes_qk(const std::string& arch) { return arch == "llama"; }
 
 LlamaConfig llama_config_from_gguf(const GgufMetadata& md, const std::string& origin) {
   const std::string& arch = md.get_string("general.architecture");
-  if (arch != "llama" && arch != "qwen2" && arch != "qwen3")
-    fail(origin, fmt::format("general.architecture is '{}'; sqlab reads 'llama', 'qwen2' and 'qwen3' GGUF models", arch));
+  std::vector<std::string> readable;  // the GGUF architectures of the families sqlab reads
+  for (const ModelFamily& f : model_families())
+    if (std::find(readable.begin(), readable.end(), f.gguf_arch) == readable.end()) readable.push_back(f.gguf_arch);
+  if (std::find(readable.begin(), readable.end(), arch) == readable.end())
+    fail(origin, fmt::format("general.architecture is '{}'; sqlab reads {} GGUF models", arch,
+                             fmt::format("'{}'", fmt::join(readable, "', '"))));
   const std::string p = arch + ".";
   LlamaConfig c;
   c.architecture = arch;

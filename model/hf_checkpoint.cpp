@@ -18,6 +18,7 @@
 #include "core/json_nesting.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
+#include "model/families.h"
 
 namespace sqlab {
 namespace {
@@ -92,29 +93,17 @@ bool optional_bool(const json& root, const std::string& key, bool fallback, cons
   return it->get<bool>();
 }
 
-// The families this forward implements, by `model_type`, with the class transformers
-// builds for each (model/families.h describes what differs).
-const std::map<std::string, std::string>& supported_architectures() {
-  static const std::map<std::string, std::string> known = {{"llama", "LlamaForCausalLM"},
-                                                           {"mistral", "MistralForCausalLM"},
-                                                           {"qwen2", "Qwen2ForCausalLM"},
-                                                           {"qwen3", "Qwen3ForCausalLM"}};
-  return known;
-}
-
 std::string architecture_of(const json& root, const std::string& origin) {
   const auto type = root.find("model_type");
-  std::vector<std::string> names;
-  for (const auto& [t, cls] : supported_architectures()) names.push_back(fmt::format("{} ({})", t, cls));
-  const std::string supported = fmt::format("{}", fmt::join(names, ", "));
+  const std::string supported = model_families_text();
   std::string model_type = "llama";  // old LLaMA configs carry no model_type
   if (type != root.end() && !type->is_null()) {
-    if (!type->is_string() || !supported_architectures().count(type->get<std::string>()))
+    if (!type->is_string() || !find_model_family(type->get<std::string>()))
       fail(origin, fmt::format("key 'model_type' is {}: sqlab reads {}", type->dump(), supported));
     model_type = type->get<std::string>();
   }
   if (const auto it = root.find("architectures"); it != root.end() && !it->is_null()) {
-    const std::string expected = supported_architectures().at(model_type);
+    const std::string& expected = find_model_family(model_type)->hf_class;
     if (!it->is_array() || it->size() != 1 || !(*it)[0].is_string() || (*it)[0] != expected)
       fail(origin, fmt::format("key 'architectures' is {}: a '{}' checkpoint must be [\"{}\"] (sqlab reads {})",
                                it->dump(), model_type, expected, supported));
@@ -390,7 +379,7 @@ json rope_json(const LlamaConfig& c) {
 }
 
 json config_json(const LlamaConfig& c, at::ScalarType dtype) {
-  json j = {{"architectures", {supported_architectures().at(c.architecture)}},
+  json j = {{"architectures", {find_model_family(c.architecture)->hf_class}},
             {"model_type", c.architecture},
             {"hidden_size", c.dim},
             {"intermediate_size", c.hidden_dim},

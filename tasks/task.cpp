@@ -163,25 +163,19 @@ std::vector<nlohmann::json> load_task_documents(const TaskSpec& spec, const std:
 
 namespace {
 
-std::vector<std::string> choices_of(const TaskSpec& spec, const nlohmann::json& doc, const std::string& where) {
+// Each item of the list at `list_path`, rendered with `item`.
+std::vector<std::string> render_items(const nlohmann::json& doc, const std::string& list_path, const std::string& item,
+                                      const std::string& where) {
+  const nlohmann::json& list = document_node(doc, list_path, where);
+  if (!list.is_array()) throw Error(fmt::format("{}: '{}' is not a list", where, list_path));
   std::vector<std::string> out;
-  if (!spec.choices_list.empty()) {
-    nlohmann::json node = doc;
-    size_t start = 0;
-    const std::string& path = spec.choices_list;
-    while (true) {  // the list field itself (a JSON array)
-      const size_t dot = path.find('.', start);
-      const std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-      if (!node.is_object() || !node.contains(key))
-        throw Error(fmt::format("{}: the document has no list '{}'", where, path));
-      node = node[key];
-      if (dot == std::string::npos) break;
-      start = dot + 1;
-    }
-    if (!node.is_array()) throw Error(fmt::format("{}: '{}' is not a list", where, path));
-    for (const auto& item : node) out.push_back(render_template(spec.choice_item, item, where));
-    return out;
-  }
+  for (const auto& element : list) out.push_back(render_template(item, element, where));
+  return out;
+}
+
+std::vector<std::string> choices_of(const TaskSpec& spec, const nlohmann::json& doc, const std::string& where) {
+  if (!spec.choices_list.empty()) return render_items(doc, spec.choices_list, spec.choice_item, where);
+  std::vector<std::string> out;
   for (const std::string& c : spec.choices) out.push_back(render_template(c, doc, where));
   return out;
 }
@@ -196,10 +190,7 @@ int64_t gold_of(const TaskSpec& spec, const nlohmann::json& doc, const std::vect
     if (it == g.map.end()) throw Error(fmt::format("{}: gold value '{}' is not in gold.map", where, value));
     index = it->second;
   } else if (!g.index_in.empty()) {
-    TaskSpec items = spec;
-    items.choices_list = g.index_in;
-    items.choice_item = g.item;
-    const std::vector<std::string> keys = choices_of(items, doc, where);
+    const std::vector<std::string> keys = render_items(doc, g.index_in, g.item, where);
     const auto it = std::find(keys.begin(), keys.end(), value);
     if (it == keys.end()) throw Error(fmt::format("{}: gold value '{}' is not among [{}]", where, value, fmt::join(keys, ", ")));
     index = it - keys.begin();

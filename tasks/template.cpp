@@ -145,7 +145,7 @@ std::string walk(const std::string& text, const std::string& where, OnField on_f
 
 }  // namespace
 
-std::string document_field(const nlohmann::json& document, const std::string& path, const std::string& where) {
+const nlohmann::json& document_node(const nlohmann::json& document, const std::string& path, const std::string& where) {
   const nlohmann::json* node = &document;
   size_t start = 0;
   while (true) {
@@ -163,7 +163,12 @@ std::string document_field(const nlohmann::json& document, const std::string& pa
     if (dot == std::string::npos) break;
     start = dot + 1;
   }
-  return node->is_string() ? node->get<std::string>() : node->dump();
+  return *node;
+}
+
+std::string document_field(const nlohmann::json& document, const std::string& path, const std::string& where) {
+  const nlohmann::json& node = document_node(document, path, where);
+  return node.is_string() ? node.get<std::string>() : node.dump();
 }
 
 std::string render_template(const std::string& text, const nlohmann::json& document, const std::string& where) {

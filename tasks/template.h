@@ -19,6 +19,10 @@
 
 namespace sqlab {
 
+// The JSON value at `path` (dot-separated keys and list indices); throws sqlab::Error naming
+// `where` when the path does not exist.
+const nlohmann::json& document_node(const nlohmann::json& document, const std::string& path, const std::string& where);
+
 // The value at `path` as text (a string as it is, a number or bool as JSON writes it);
 // throws sqlab::Error naming `where` when the path does not exist.
 std::string document_field(const nlohmann::json& document, const std::string& path, const std::string& where);
