@@ -39,6 +39,10 @@ class RotationMethod {
   // Kronecker pair that does not factor n). Called before any run starts, for every
   // width the dataset knows in advance.
   virtual void check_width(int64_t n) const {}
+  // False when fit reads only the site's X: a site may then come with W empty (0 x n).
+  // The model's residual site stacks every layer's reading weights (18 GB in float32 for
+  // LLaMA-2-7B), which the layer-by-layer pipeline collects only for methods that read them.
+  virtual bool reads_weights() const { return true; }
 };
 
 using MethodRegistry = Registry<RotationMethod>;

@@ -127,13 +127,6 @@ void evaluate_one_site(const PreparedRun& p, const Site& loaded, bool prefixed, 
 // Site i of `count` (a streaming dataset makes it on demand); adds per-stage seconds to timing.
 using SiteAt = std::function<Site(int64_t index, std::map<std::string, double>& timing)>;
 
-// Peak resident memory of this process so far, MiB (getrusage: ru_maxrss is in KiB on Linux).
-double peak_rss_mib() {
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / 1024.0;
-}
-
 // /timing's stages are disjoint: load (what a streaming dataset does not attribute to its own
 // stages, statistics and generate), check, build, apply (X R), fuse (W R), quantize (Q(W R)),
 // metrics, histograms, record; `unattributed` is what none of them measured and `total` the

@@ -24,6 +24,9 @@ void write_file_atomic(const std::string& path, const std::string& text);
 // Seconds on a monotonic clock.
 double now_seconds();
 
+// Peak resident memory of this process so far, MiB (getrusage's ru_maxrss).
+double peak_rss_mib();
+
 // True when stderr is a terminal (progress display).
 bool stderr_is_terminal();
 

@@ -16,6 +16,7 @@ class ArtMethod : public RotationMethod {
  public:
   explicit ArtMethod(ArtOptions options) : options_(options) {}
 
+  bool reads_weights() const override { return false; }  // X only
   RotationPtr fit(const FitContext& context) const override {
     const std::string purpose = "art/" + context.site.name;
     const ArtFactor art = build_art_factor(context.site.X, options_,

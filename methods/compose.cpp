@@ -36,6 +36,12 @@ class ComposeMethod : public RotationMethod {
  public:
   explicit ComposeMethod(std::vector<Step> steps) : steps_(std::move(steps)) {}
 
+  bool reads_weights() const override {
+    for (const Step& step : steps_)
+      if (step.method->reads_weights()) return true;
+    return false;
+  }
+
   RotationPtr fit(const FitContext& context) const override {
     Site current = context.site;
     RotationPtr chain;

@@ -7,6 +7,7 @@ namespace {
 
 class IdentityMethod : public RotationMethod {
  public:
+  bool reads_weights() const override { return false; }  // X only
   RotationPtr fit(const FitContext& context) const override {
     return std::make_unique<IdentityRotation>(context.site.X.size(1));
   }

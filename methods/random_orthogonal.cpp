@@ -9,6 +9,7 @@ namespace {
 
 class RandomOrthogonalMethod : public RotationMethod {
  public:
+  bool reads_weights() const override { return false; }  // X only
   RotationPtr fit(const FitContext& context) const override {
     const int64_t n = context.site.X.size(1);
     at::Generator generator = make_generator(context.seed, "random_orthogonal/" + context.site.name);

@@ -177,6 +177,7 @@ class SingleQuantMethod : public RotationMethod {
  public:
   explicit SingleQuantMethod(SingleQuantOptions options) : o_(std::move(options)) {}
 
+  bool reads_weights() const override { return false; }  // X only
   RotationPtr fit(const FitContext& context) const override;
   void check_width(int64_t n) const override { factorization(n); }
 

@@ -15,6 +15,7 @@ class UrtMethod : public RotationMethod {
  public:
   explicit UrtMethod(UrtOptions options) : options_(options) {}
 
+  bool reads_weights() const override { return false; }  // X only
   RotationPtr fit(const FitContext& context) const override {
     const UrtFactor urt = build_urt_factor(context.site.X, options_);
     context.log.metric("urt_givens", static_cast<double>(urt.givens));

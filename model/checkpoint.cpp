@@ -1,6 +1,7 @@
 // Format dispatch, the random test model and the rotary row permutations shared by the
 // llama2.c and Hugging Face checkpoint code (llama2c.cpp, hf_checkpoint.cpp).
 #include "model/checkpoint.h"
+#include "model/weight_source.h"
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -212,12 +213,7 @@ std::string detect_checkpoint_format(const std::string& path) {
 }
 
 LlamaWeights load_checkpoint(const std::string& path, const std::string& format) {
-  const std::string chosen = format == "auto" ? detect_checkpoint_format(path) : format;
-  if (chosen == "llama2c") return load_llama2c(path);
-  if (chosen == "hf") return load_hf(path);
-  if (chosen == "gguf") return load_gguf(path);
-  throw config_error(
-      fmt::format("checkpoint '{}': unknown format '{}' (expected auto, hf, llama2c or gguf)", path, format));
+  return read_all_weights(*open_weights(path, format));
 }
 
 }  // namespace sqlab

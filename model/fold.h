@@ -49,4 +49,18 @@ std::vector<at::Tensor*> site_linears(LlamaWeights& weights, int64_t layer, Line
 // The stacked weights (C_out x n) of a site.
 at::Tensor site_weight(const LlamaWeights& weights, int64_t layer, LinearSite site);
 
+// The same, one decoder layer at a time (the layer-by-layer pipeline, model/layerwise.h);
+// the whole-model functions above are loops over these.
+void fold_layer_norm_gains(LlamaLayer& layer);
+// output <- output diag(final_norm), final_norm <- 1 (the head's side of fold_norm_gains).
+void fold_head_norm_gain(at::Tensor& final_norm, at::Tensor& output);
+bool layer_norm_gains_folded(const LlamaLayer& layer);
+// Throws unless q is orthogonal of size dim.
+void check_residual_rotation(const Rotation& q, int64_t dim);
+void fuse_residual_into_layer(LlamaLayer& layer, const Rotation& q);
+void check_value_head_rotation(const Rotation& h, const LlamaConfig& config);
+void fuse_value_head_into_layer(LlamaLayer& layer, const LlamaConfig& config, const Rotation& h);
+std::vector<at::Tensor*> layer_site_linears(LlamaLayer& layer, LinearSite site);
+at::Tensor layer_site_weight(const LlamaLayer& layer, LinearSite site);
+
 }  // namespace sqlab

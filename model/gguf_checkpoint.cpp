@@ -6,11 +6,13 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <set>
 
 #include "core/error.h"
 #include "model/checkpoint.h"
 #include "model/families.h"
+#include "model/weight_source.h"
 
 namespace sqlab {
 namespace {
@@ -30,13 +32,19 @@ class TensorReader {
  public:
   explicit TensorReader(const GgufFile& file) : file_(file) {}
 
-  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) {
+  // The tensor's presence and shape, without reading it.
+  void check(const std::string& name, const std::vector<int64_t>& shape) {
     const GgufTensorInfo* info = file_.find(name);
     if (!info) fail(file_.path(), fmt::format("tensor '{}' is missing", name));
     used_.insert(name);
     if (info->shape() != shape)
       fail(file_.path(), fmt::format("tensor '{}' has shape [{}], the metadata implies [{}]", name,
                                      fmt::join(info->shape(), ", "), fmt::join(shape, ", ")));
+  }
+
+  // The tensor dequantized to float32, checked.
+  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) {
+    check(name, shape);
     at::Tensor t = file_.tensor(name);
     if (!at::isfinite(t).all().item<bool>()) fail(file_.path(), fmt::format("tensor '{}' holds NaN or Inf", name));
     return t;
@@ -109,51 +117,91 @@ LlamaConfig llama_config_from_gguf(const GgufMetadata& md, const std::string& or
   return c;
 }
 
-LlamaWeights load_gguf(const std::string& path) {
-  const GgufFile file(path);
-  LlamaWeights w;
-  w.config = llama_config_from_gguf(file.metadata(), path);
-  w.origin = path;
-  // A LLaMA GGUF may carry attention biases (attention_bias: true in its config.json).
-  if (file.contains(blk_bias(0, "attn_q"))) w.config.attention_bias = true;
-  if (file.contains(blk_bias(0, "attn_output"))) w.config.output_bias = true;
-  const LlamaConfig& c = w.config;
+namespace {
+
+using TensorGetter = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
+
+LlamaLayer read_layer(const TensorGetter& get, const LlamaConfig& c, int64_t l) {
   const int64_t hd = c.head_dim(), q_dim = c.q_dim(), kv_dim = c.kv_dim();
   const bool permuted = permutes_qk(c.architecture);
-  const auto qk = [&](const at::Tensor& t, int64_t heads) { return permuted ? interleaved_to_rotate_half(t, heads) : t; };
-  TensorReader source(file);
-  w.embedding = source.get("token_embd.weight", {c.vocab_size, c.dim});
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    LlamaLayer L;
-    L.attn_norm = source.get(blk(l, "attn_norm"), {c.dim});
-    L.wq = qk(source.get(blk(l, "attn_q"), {q_dim, c.dim}), c.n_heads);
-    L.wk = qk(source.get(blk(l, "attn_k"), {kv_dim, c.dim}), c.n_kv_heads);
-    L.wv = source.get(blk(l, "attn_v"), {kv_dim, c.dim});
-    L.wo = source.get(blk(l, "attn_output"), {c.dim, q_dim});
-    L.mlp_norm = source.get(blk(l, "ffn_norm"), {c.dim});
-    L.w_gate = source.get(blk(l, "ffn_gate"), {c.hidden_dim, c.dim});
-    L.w_up = source.get(blk(l, "ffn_up"), {c.hidden_dim, c.dim});
-    L.w_down = source.get(blk(l, "ffn_down"), {c.dim, c.hidden_dim});
-    // A bias of a permuted q/k is permuted like its rows.
-    const auto qk_bias = [&](const at::Tensor& b, int64_t heads) { return qk(b.unsqueeze(1), heads).squeeze(1); };
-    if (c.attention_bias) {
-      L.bq = qk_bias(source.get(blk_bias(l, "attn_q"), {q_dim}), c.n_heads);
-      L.bk = qk_bias(source.get(blk_bias(l, "attn_k"), {kv_dim}), c.n_kv_heads);
-      L.bv = source.get(blk_bias(l, "attn_v"), {kv_dim});
-    }
-    if (c.output_bias) L.bo = source.get(blk_bias(l, "attn_output"), {c.dim});
-    if (c.qk_norm) {
-      L.q_norm = source.get(blk(l, "attn_q_norm"), {hd});
-      L.k_norm = source.get(blk(l, "attn_k_norm"), {hd});
-    }
-    w.layers.push_back(std::move(L));
+  // Undefined while only checking (the getter returns no tensor then).
+  const auto qk = [&](const at::Tensor& t, int64_t heads) {
+    return permuted && t.defined() ? interleaved_to_rotate_half(t, heads) : t;
+  };
+  // A bias of a permuted q/k is permuted like its rows.
+  const auto qk_bias = [&](const at::Tensor& b, int64_t heads) {
+    return b.defined() ? qk(b.unsqueeze(1), heads).squeeze(1) : b;
+  };
+  LlamaLayer L;
+  L.attn_norm = get(blk(l, "attn_norm"), {c.dim});
+  L.wq = qk(get(blk(l, "attn_q"), {q_dim, c.dim}), c.n_heads);
+  L.wk = qk(get(blk(l, "attn_k"), {kv_dim, c.dim}), c.n_kv_heads);
+  L.wv = get(blk(l, "attn_v"), {kv_dim, c.dim});
+  L.wo = get(blk(l, "attn_output"), {c.dim, q_dim});
+  L.mlp_norm = get(blk(l, "ffn_norm"), {c.dim});
+  L.w_gate = get(blk(l, "ffn_gate"), {c.hidden_dim, c.dim});
+  L.w_up = get(blk(l, "ffn_up"), {c.hidden_dim, c.dim});
+  L.w_down = get(blk(l, "ffn_down"), {c.dim, c.hidden_dim});
+  if (c.attention_bias) {
+    L.bq = qk_bias(get(blk_bias(l, "attn_q"), {q_dim}), c.n_heads);
+    L.bk = qk_bias(get(blk_bias(l, "attn_k"), {kv_dim}), c.n_kv_heads);
+    L.bv = get(blk_bias(l, "attn_v"), {kv_dim});
   }
-  w.final_norm = source.get("output_norm.weight", {c.dim});
-  w.config.tied_embeddings = !file.contains("output.weight");
-  w.output = w.config.tied_embeddings ? w.embedding : source.get("output.weight", {c.vocab_size, c.dim});
-  source.reject_unused();
-  return w;
+  if (c.output_bias) L.bo = get(blk_bias(l, "attn_output"), {c.dim});
+  if (c.qk_norm) {
+    L.q_norm = get(blk(l, "attn_q_norm"), {hd});
+    L.k_norm = get(blk(l, "attn_k_norm"), {hd});
+  }
+  return L;
 }
+
+// A GGUF file opened for the pipeline: every tensor's presence and shape checked on open
+// (and no tensor the model does not use), each dequantized on request.
+class GgufWeights final : public WeightSource {
+ public:
+  explicit GgufWeights(const std::string& path) : origin_(path), file_(path), reader_(file_) {
+    config_ = llama_config_from_gguf(file_.metadata(), path);
+    // A LLaMA GGUF may carry attention biases (attention_bias: true in its config.json).
+    if (file_.contains(blk_bias(0, "attn_q"))) config_.attention_bias = true;
+    if (file_.contains(blk_bias(0, "attn_output"))) config_.output_bias = true;
+    config_.tied_embeddings = !file_.contains("output.weight");
+    const LlamaConfig& c = config_;
+    const TensorGetter check = [&](const std::string& name, const std::vector<int64_t>& shape) {
+      reader_.check(name, shape);
+      return at::Tensor();
+    };
+    check("token_embd.weight", {c.vocab_size, c.dim});
+    for (int64_t l = 0; l < c.n_layers; ++l) read_layer(check, c, l);
+    check("output_norm.weight", {c.dim});
+    if (!c.tied_embeddings) check("output.weight", {c.vocab_size, c.dim});
+    reader_.reject_unused();
+  }
+
+  const LlamaConfig& config() const override { return config_; }
+  const std::string& origin() const override { return origin_; }
+  at::Tensor embedding() const override { return reader_.get("token_embd.weight", {config_.vocab_size, config_.dim}); }
+  at::Tensor final_norm() const override { return reader_.get("output_norm.weight", {config_.dim}); }
+  at::Tensor output() const override {
+    if (config_.tied_embeddings) return embedding();
+    return reader_.get("output.weight", {config_.vocab_size, config_.dim});
+  }
+  LlamaLayer layer(int64_t index) const override {
+    return read_layer([&](const std::string& name, const std::vector<int64_t>& shape) { return reader_.get(name, shape); },
+                      config_, index);
+  }
+
+ private:
+  LlamaConfig config_;
+  std::string origin_;
+  GgufFile file_;
+  mutable TensorReader reader_;
+};
+
+}  // namespace
+
+WeightSourcePtr open_gguf_weights(const std::string& path) { return std::make_shared<GgufWeights>(path); }
+
+LlamaWeights load_gguf(const std::string& path) { return read_all_weights(GgufWeights(path)); }
 
 BpeVocab bpe_vocab_from_gguf(const GgufMetadata& md, const std::string& origin) {
   const std::string& model = md.get_string("tokenizer.ggml.model");

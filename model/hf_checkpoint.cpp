@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -19,6 +20,7 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/families.h"
+#include "model/weight_source.h"
 
 namespace sqlab {
 namespace {
@@ -204,22 +206,14 @@ class TensorSource {
 
   bool contains(const std::string& name) const { return file_of_.count(name) > 0; }
 
+  // The tensor's presence, dtype and shape (what config.json implies), without reading it.
+  void check(const std::string& name, const std::vector<int64_t>& shape) {
+    entry(name, shape);
+  }
+
   // The tensor as float32, checked against the shape config.json implies.
   at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) {
-    const auto it = file_of_.find(name);
-    if (it == file_of_.end()) fail(origin(), fmt::format("tensor '{}' is missing{}", name, where()));
-    used_.insert(name);
-    const SafetensorsFile& file = open(it->second, name);
-    const SafetensorsEntry* e = file.find(name);
-    if (!e)
-      fail(origin(), fmt::format("tensor '{}' is listed in {} for '{}' but is not in that file", name, kIndexFile,
-                                 file.path()));
-    if (e->dtype != "F32" && e->dtype != "F16" && e->dtype != "BF16")
-      fail(origin(), fmt::format("tensor '{}' in '{}' has dtype {}: only F32, F16 and BF16 are supported", name,
-                                 file.path(), e->dtype));
-    if (e->shape != shape)
-      fail(origin(), fmt::format("tensor '{}' in '{}' has shape [{}] but config.json implies [{}]", name, file.path(),
-                                 fmt::join(e->shape, ", "), fmt::join(shape, ", ")));
+    const SafetensorsFile& file = entry(name, shape);
     at::Tensor t = file.tensor(name, at::kFloat);
     if (!at::isfinite(t).all().item<bool>())
       fail(origin(), fmt::format("tensor '{}' in '{}' holds NaN or infinite values", name, file.path()));
@@ -240,6 +234,24 @@ class TensorSource {
   }
 
  private:
+  const SafetensorsFile& entry(const std::string& name, const std::vector<int64_t>& shape) {
+    const auto it = file_of_.find(name);
+    if (it == file_of_.end()) fail(origin(), fmt::format("tensor '{}' is missing{}", name, where()));
+    used_.insert(name);
+    const SafetensorsFile& file = open(it->second, name);
+    const SafetensorsEntry* e = file.find(name);
+    if (!e)
+      fail(origin(), fmt::format("tensor '{}' is listed in {} for '{}' but is not in that file", name, kIndexFile,
+                                 file.path()));
+    if (e->dtype != "F32" && e->dtype != "F16" && e->dtype != "BF16")
+      fail(origin(), fmt::format("tensor '{}' in '{}' has dtype {}: only F32, F16 and BF16 are supported", name,
+                                 file.path(), e->dtype));
+    if (e->shape != shape)
+      fail(origin(), fmt::format("tensor '{}' in '{}' has shape [{}] but config.json implies [{}]", name, file.path(),
+                                 fmt::join(e->shape, ", "), fmt::join(shape, ", ")));
+    return file;
+  }
+
   std::string where() const { return shards_listed_ ? fmt::format(" (not in {})", kIndexFile) : fmt::format(" (not in {})", kSingleFile); }
 
   void read_index(const std::string& path) {
@@ -301,53 +313,86 @@ LlamaConfig parse_hf_config_json(const std::string& json_text, const std::string
   return c;
 }
 
-LlamaWeights load_hf(const std::string& dir) {
-  const std::string config_path = (fs::path(dir) / "config.json").string();
-  std::error_code ec;
-  if (!fs::is_regular_file(config_path, ec))
-    throw config_error(fmt::format("Hugging Face checkpoint '{}': no config.json", dir));
-  LlamaWeights w;
-  w.config = parse_hf_config_json(read_file_text(config_path, "Hugging Face config"),
-                                  fmt::format("Hugging Face config '{}'", config_path));
-  w.origin = dir;
-  const LlamaConfig& c = w.config;
+namespace {
+
+using TensorGetter = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
+
+LlamaLayer read_layer(const TensorGetter& get, const LlamaConfig& c, int64_t l) {
   const int64_t hd = c.head_dim(), q_dim = c.q_dim(), kv_dim = c.kv_dim();
-  TensorSource source(dir);
-  w.embedding = source.get("model.embed_tokens.weight", {c.vocab_size, c.dim});
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    LlamaLayer L;
-    L.attn_norm = source.get(layer_name(l, "input_layernorm.weight"), {c.dim});
-    L.wq = source.get(layer_name(l, "self_attn.q_proj.weight"), {q_dim, c.dim});
-    L.wk = source.get(layer_name(l, "self_attn.k_proj.weight"), {kv_dim, c.dim});
-    L.wv = source.get(layer_name(l, "self_attn.v_proj.weight"), {kv_dim, c.dim});
-    L.wo = source.get(layer_name(l, "self_attn.o_proj.weight"), {c.dim, q_dim});
-    L.mlp_norm = source.get(layer_name(l, "post_attention_layernorm.weight"), {c.dim});
-    L.w_gate = source.get(layer_name(l, "mlp.gate_proj.weight"), {c.hidden_dim, c.dim});
-    L.w_up = source.get(layer_name(l, "mlp.up_proj.weight"), {c.hidden_dim, c.dim});
-    L.w_down = source.get(layer_name(l, "mlp.down_proj.weight"), {c.dim, c.hidden_dim});
-    if (c.attention_bias) {
-      L.bq = source.get(layer_name(l, "self_attn.q_proj.bias"), {q_dim});
-      L.bk = source.get(layer_name(l, "self_attn.k_proj.bias"), {kv_dim});
-      L.bv = source.get(layer_name(l, "self_attn.v_proj.bias"), {kv_dim});
-    }
-    if (c.output_bias) L.bo = source.get(layer_name(l, "self_attn.o_proj.bias"), {c.dim});
-    if (c.qk_norm) {
-      L.q_norm = source.get(layer_name(l, "self_attn.q_norm.weight"), {hd});
-      L.k_norm = source.get(layer_name(l, "self_attn.k_norm.weight"), {hd});
-    }
-    w.layers.push_back(std::move(L));
+  LlamaLayer L;
+  L.attn_norm = get(layer_name(l, "input_layernorm.weight"), {c.dim});
+  L.wq = get(layer_name(l, "self_attn.q_proj.weight"), {q_dim, c.dim});
+  L.wk = get(layer_name(l, "self_attn.k_proj.weight"), {kv_dim, c.dim});
+  L.wv = get(layer_name(l, "self_attn.v_proj.weight"), {kv_dim, c.dim});
+  L.wo = get(layer_name(l, "self_attn.o_proj.weight"), {c.dim, q_dim});
+  L.mlp_norm = get(layer_name(l, "post_attention_layernorm.weight"), {c.dim});
+  L.w_gate = get(layer_name(l, "mlp.gate_proj.weight"), {c.hidden_dim, c.dim});
+  L.w_up = get(layer_name(l, "mlp.up_proj.weight"), {c.hidden_dim, c.dim});
+  L.w_down = get(layer_name(l, "mlp.down_proj.weight"), {c.dim, c.hidden_dim});
+  if (c.attention_bias) {
+    L.bq = get(layer_name(l, "self_attn.q_proj.bias"), {q_dim});
+    L.bk = get(layer_name(l, "self_attn.k_proj.bias"), {kv_dim});
+    L.bv = get(layer_name(l, "self_attn.v_proj.bias"), {kv_dim});
   }
-  w.final_norm = source.get("model.norm.weight", {c.dim});
-  if (c.tied_embeddings) {
-    // Transformers ties the head to the embedding even when a copy is stored.
-    source.mark_used("lm_head.weight");
-    w.output = w.embedding;
-  } else {
-    w.output = source.get("lm_head.weight", {c.vocab_size, c.dim});
+  if (c.output_bias) L.bo = get(layer_name(l, "self_attn.o_proj.bias"), {c.dim});
+  if (c.qk_norm) {
+    L.q_norm = get(layer_name(l, "self_attn.q_norm.weight"), {hd});
+    L.k_norm = get(layer_name(l, "self_attn.k_norm.weight"), {hd});
   }
-  source.reject_unused();
-  return w;
+  return L;
 }
+
+// A checkpoint directory opened for the pipeline: every tensor's presence, dtype and shape
+// checked on open (and no tensor the model does not use), the data read per request.
+class HfWeights final : public WeightSource {
+ public:
+  explicit HfWeights(const std::string& dir) : origin_(dir) {
+    const std::string config_path = (fs::path(dir) / "config.json").string();
+    std::error_code ec;
+    if (!fs::is_regular_file(config_path, ec))
+      throw config_error(fmt::format("Hugging Face checkpoint '{}': no config.json", dir));
+    config_ = parse_hf_config_json(read_file_text(config_path, "Hugging Face config"),
+                                   fmt::format("Hugging Face config '{}'", config_path));
+    source_ = std::make_unique<TensorSource>(dir);
+    const LlamaConfig& c = config_;
+    const TensorGetter check = [&](const std::string& name, const std::vector<int64_t>& shape) {
+      source_->check(name, shape);
+      return at::Tensor();
+    };
+    check("model.embed_tokens.weight", {c.vocab_size, c.dim});
+    for (int64_t l = 0; l < c.n_layers; ++l) read_layer(check, c, l);
+    check("model.norm.weight", {c.dim});
+    if (c.tied_embeddings)
+      source_->mark_used("lm_head.weight");  // transformers ties the head even when a copy is stored
+    else
+      check("lm_head.weight", {c.vocab_size, c.dim});
+    source_->reject_unused();
+  }
+
+  const LlamaConfig& config() const override { return config_; }
+  const std::string& origin() const override { return origin_; }
+  at::Tensor embedding() const override { return source_->get("model.embed_tokens.weight", {config_.vocab_size, config_.dim}); }
+  at::Tensor final_norm() const override { return source_->get("model.norm.weight", {config_.dim}); }
+  at::Tensor output() const override {
+    if (config_.tied_embeddings) return embedding();
+    return source_->get("lm_head.weight", {config_.vocab_size, config_.dim});
+  }
+  LlamaLayer layer(int64_t index) const override {
+    return read_layer([&](const std::string& name, const std::vector<int64_t>& shape) { return source_->get(name, shape); },
+                      config_, index);
+  }
+
+ private:
+  LlamaConfig config_;
+  std::string origin_;
+  std::unique_ptr<TensorSource> source_;  // opens shards on first use
+};
+
+}  // namespace
+
+WeightSourcePtr open_hf_weights(const std::string& dir) { return std::make_shared<HfWeights>(dir); }
+
+LlamaWeights load_hf(const std::string& dir) { return read_all_weights(HfWeights(dir)); }
 
 namespace {
 

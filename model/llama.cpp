@@ -119,64 +119,78 @@ at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens, 
 
 at::Tensor llama_hidden(const LlamaWeights& weights, const at::Tensor& tokens, ForwardHooks* hooks) {
   const LlamaConfig& c = weights.config;
+  at::Tensor x = llama_embed(c, weights.embedding, tokens, weights.origin);
+  for (int64_t l = 0; l < c.n_layers; ++l) x = llama_layer(c, weights.layers.at(l), l, x, hooks);
+  return llama_head_input(c, weights.final_norm, x, hooks);
+}
+
+at::Tensor llama_embed(const LlamaConfig& c, const at::Tensor& embedding, const at::Tensor& tokens,
+                       const std::string& origin) {
   if (tokens.dim() != 2) {
     throw Error(fmt::format("llama_forward: tokens must be B x T, got {} dimensions", tokens.dim()));
   }
   const int64_t B = tokens.size(0), T = tokens.size(1);
-  const int64_t H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim();
-  at::Tensor ids = tokens.to(weights.embedding.device(), at::kLong);
+  at::Tensor ids = tokens.to(embedding.device(), at::kLong);
   if (ids.numel() > 0) {
     int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     if (lo < 0 || hi >= c.vocab_size) {
       throw Error(fmt::format("llama_forward: token id {} outside the vocabulary of {} ({})",
-                              lo < 0 ? lo : hi, c.vocab_size, weights.origin));
+                              lo < 0 ? lo : hi, c.vocab_size, origin));
     }
   }
   if (c.sliding_window > 0 && T > c.sliding_window)
     throw Error(fmt::format("llama_forward: a window of {} tokens exceeds the model's sliding window of {} ({}): "
                             "sliding-window attention is exact only within it; use eval.seq_len <= {}",
-                            T, c.sliding_window, weights.origin, c.sliding_window));
+                            T, c.sliding_window, origin, c.sliding_window));
   if (c.rope.type == RopeScaling::dynamic && T > c.max_seq_len)
     throw Error(fmt::format("llama_forward: a window of {} tokens exceeds the original context {} of a model with "
                             "dynamic rope scaling ({}): only windows within it are supported",
-                            T, c.max_seq_len, weights.origin));
-  at::Tensor x = weights.embedding.index_select(0, ids.reshape({-1})).view({B, T, c.dim});
-  auto [cos, sin] = rotary_tables(T, c, x.options());
+                            T, c.max_seq_len, origin));
+  return embedding.index_select(0, ids.reshape({-1})).view({B, T, c.dim});
+}
+
+at::Tensor llama_layer(const LlamaConfig& c, const LlamaLayer& layer, int64_t l, const at::Tensor& x_in,
+                       ForwardHooks* hooks) {
+  const int64_t B = x_in.size(0), T = x_in.size(1);
+  const int64_t H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim();
+  auto [cos, sin] = rotary_tables(T, c, x_in.options());
   // Causal mask: position t attends to positions <= t.
-  at::Tensor future = at::ones({T, T}, x.options().dtype(at::kBool)).triu(1);
+  const at::Tensor future = at::ones({T, T}, x_in.options().dtype(at::kBool)).triu(1);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const LlamaLayer& layer = weights.layers.at(l);
-    at::Tensor h = hook(hooks, l, LinearSite::attn_in, rms_norm(x, layer.attn_norm, c.norm_eps));
-    at::Tensor q = linear(h, layer.wq, layer.bq).view({B, T, H, hd});
-    at::Tensor k = linear(h, layer.wk, layer.bk).view({B, T, KV, hd});
-    at::Tensor v = linear(h, layer.wv, layer.bv).view({B, T, KV, hd}).transpose(1, 2);
-    if (c.qk_norm) {  // Qwen3: each head of q and k normalized on its own, before the rotary
-      q = rms_norm(q, layer.q_norm, c.norm_eps);
-      k = rms_norm(k, layer.k_norm, c.norm_eps);
-    }
-    q = q.transpose(1, 2);
-    k = k.transpose(1, 2);
-    q = apply_rotary(q, cos, sin);
-    k = apply_rotary(k, cos, sin);
-    if (KV != H) {  // grouped-query attention: query head i reads KV head i / (H / KV)
-      k = k.repeat_interleave(H / KV, 1);
-      v = v.repeat_interleave(H / KV, 1);
-    }
-    at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * scale;  // B x H x T x T
-    scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-    at::Tensor attn = at::matmul(at::softmax(scores, -1), v);        // B x H x T x hd
-    attn = attn.transpose(1, 2).reshape({B, T, H * hd});
-    attn = hook(hooks, l, LinearSite::attn_out, attn);
-    x = x + linear(attn, layer.wo, layer.bo);
-
-    h = hook(hooks, l, LinearSite::mlp_in, rms_norm(x, layer.mlp_norm, c.norm_eps));
-    at::Tensor g = at::silu(at::linear(h, layer.w_gate)) * at::linear(h, layer.w_up);
-    g = hook(hooks, l, LinearSite::mlp_out, g);
-    x = x + at::linear(g, layer.w_down);
+  at::Tensor x = x_in;
+  at::Tensor h = hook(hooks, l, LinearSite::attn_in, rms_norm(x, layer.attn_norm, c.norm_eps));
+  at::Tensor q = linear(h, layer.wq, layer.bq).view({B, T, H, hd});
+  at::Tensor k = linear(h, layer.wk, layer.bk).view({B, T, KV, hd});
+  at::Tensor v = linear(h, layer.wv, layer.bv).view({B, T, KV, hd}).transpose(1, 2);
+  if (c.qk_norm) {  // Qwen3: each head of q and k normalized on its own, before the rotary
+    q = rms_norm(q, layer.q_norm, c.norm_eps);
+    k = rms_norm(k, layer.k_norm, c.norm_eps);
   }
-  return hook(hooks, -1, LinearSite::head, rms_norm(x, weights.final_norm, c.norm_eps));
+  q = q.transpose(1, 2);
+  k = k.transpose(1, 2);
+  q = apply_rotary(q, cos, sin);
+  k = apply_rotary(k, cos, sin);
+  if (KV != H) {  // grouped-query attention: query head i reads KV head i / (H / KV)
+    k = k.repeat_interleave(H / KV, 1);
+    v = v.repeat_interleave(H / KV, 1);
+  }
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * scale;  // B x H x T x T
+  scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+  at::Tensor attn = at::matmul(at::softmax(scores, -1), v);        // B x H x T x hd
+  attn = attn.transpose(1, 2).reshape({B, T, H * hd});
+  attn = hook(hooks, l, LinearSite::attn_out, attn);
+  x = x + linear(attn, layer.wo, layer.bo);
+
+  h = hook(hooks, l, LinearSite::mlp_in, rms_norm(x, layer.mlp_norm, c.norm_eps));
+  at::Tensor g = at::silu(at::linear(h, layer.w_gate)) * at::linear(h, layer.w_up);
+  g = hook(hooks, l, LinearSite::mlp_out, g);
+  return x + at::linear(g, layer.w_down);
+}
+
+at::Tensor llama_head_input(const LlamaConfig& c, const at::Tensor& final_norm, const at::Tensor& x,
+                            ForwardHooks* hooks) {
+  return hook(hooks, -1, LinearSite::head, rms_norm(x, final_norm, c.norm_eps));
 }
 
 }  // namespace sqlab

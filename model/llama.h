@@ -120,4 +120,18 @@ at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens,
 // (B x T x vocab) tensor: select the positions, then apply the head.
 at::Tensor llama_hidden(const LlamaWeights& weights, const at::Tensor& tokens, ForwardHooks* hooks = nullptr);
 
+// The same forward a stage at a time, for the layer-by-layer pipeline (model/layerwise.h),
+// which carries many rows through one decoder layer before it reads the next:
+// llama_hidden = llama_head_input(llama_layer(... llama_layer(llama_embed(tokens), 0) ..., L-1)).
+// llama_embed checks the ids against the vocabulary and the window against the model's
+// attention limits (sliding window, dynamic rope), naming `origin`.
+at::Tensor llama_embed(const LlamaConfig& config, const at::Tensor& embedding, const at::Tensor& tokens,
+                       const std::string& origin);
+// Decoder layer `index` on B x T x dim hidden states (positions 0..T-1, causal).
+at::Tensor llama_layer(const LlamaConfig& config, const LlamaLayer& layer, int64_t index, const at::Tensor& x,
+                       ForwardHooks* hooks = nullptr);
+// The final RMSNorm and the head's input hook.
+at::Tensor llama_head_input(const LlamaConfig& config, const at::Tensor& final_norm, const at::Tensor& x,
+                            ForwardHooks* hooks = nullptr);
+
 }  // namespace sqlab

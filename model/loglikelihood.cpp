@@ -40,12 +40,9 @@ struct Row {
 
 }  // namespace
 
-std::vector<LoglikelihoodResult> score_loglikelihoods(const LlamaWeights& weights, ForwardHooks* hooks,
-                                                      const Tokenizer& tokenizer,
-                                                      const std::vector<LoglikelihoodRequest>& requests,
-                                                      const LoglikelihoodOptions& options) {
-  at::NoGradGuard no_grad;
-  const int64_t max_length = options.max_length > 0 ? options.max_length : weights.config.max_seq_len;
+LoglikelihoodBatches loglikelihood_batches(const Tokenizer& tokenizer, const std::vector<LoglikelihoodRequest>& requests,
+                                           const LoglikelihoodOptions& options, int64_t model_context) {
+  const int64_t max_length = options.max_length > 0 ? options.max_length : model_context;
   std::vector<Row> rows;
   for (size_t i = 0; i < requests.size(); ++i) {
     auto [ctx, cont] = encode_request(tokenizer, requests[i], options.bos);
@@ -69,10 +66,9 @@ std::vector<LoglikelihoodResult> score_loglikelihoods(const LlamaWeights& weight
     return rows[a].input < rows[b].input;
   });
 
-  std::vector<LoglikelihoodResult> results(requests.size());
-  const at::Device device = weights.embedding.device();
+  LoglikelihoodBatches out;
+  out.requests = requests.size();
   for (size_t start = 0; start < order.size();) {
-    throw_if_interrupted();
     const int64_t width = static_cast<int64_t>(rows[order[start]].input.size());
     const auto same_input = [&](size_t r) { return r > start && rows[order[r]].input == rows[order[r - 1]].input; };
     size_t end = start;
@@ -82,41 +78,53 @@ std::vector<LoglikelihoodResult> score_loglikelihoods(const LlamaWeights& weight
       if (distinct == options.batch || (distinct + 1) * width > std::max(options.batch_tokens, width)) break;
       ++distinct;
     }
-    at::Tensor tokens = at::zeros({distinct, width}, at::kLong);
-    std::vector<int64_t> select;  // flat positions whose next token is a continuation token
-    std::vector<int64_t> targets;
+    TokenBatch batch;
+    batch.tokens = at::zeros({distinct, width}, at::kLong);
+    std::vector<std::pair<size_t, size_t>> owners;  // (request, continuation tokens) in selection order
     int64_t b = -1;
     for (size_t r = start; r < end; ++r) {
       const Row& row = rows[order[r]];
       const int64_t n = static_cast<int64_t>(row.input.size());
-      if (!same_input(r)) tokens[++b].narrow(0, 0, n).copy_(at::tensor(row.input, at::kLong));
+      if (!same_input(r)) batch.tokens[++b].narrow(0, 0, n).copy_(at::tensor(row.input, at::kLong));
       const int64_t c = static_cast<int64_t>(row.continuation.size());
       for (int64_t j = 0; j < c; ++j) {
-        select.push_back(b * width + n - c + j);
-        targets.push_back(row.continuation[static_cast<size_t>(j)]);
+        batch.select.push_back(b * width + n - c + j);
+        batch.targets.push_back(row.continuation[static_cast<size_t>(j)]);
       }
+      owners.emplace_back(row.request, row.continuation.size());
     }
-    const at::Tensor hidden = llama_hidden(weights, tokens.to(device), hooks);
-    const at::Tensor picked = hidden.reshape({-1, hidden.size(-1)}).index_select(0, at::tensor(select, at::kLong).to(device));
-    const at::Tensor logprobs = at::log_softmax(at::linear(picked, weights.output).to(at::kDouble), -1).cpu();
-    const at::Tensor target = at::tensor(targets, at::kLong);
-    const at::Tensor chosen = logprobs.gather(1, target.unsqueeze(1)).squeeze(1);
-    const at::Tensor greedy = logprobs.argmax(1).eq(target);
-    const double* lp = chosen.data_ptr<double>();
-    const bool* g = greedy.data_ptr<bool>();
-    size_t k = 0;
-    for (size_t r = start; r < end; ++r) {
-      const Row& row = rows[order[r]];
-      LoglikelihoodResult& out = results[row.request];
-      out.greedy = true;
-      for (size_t j = 0; j < row.continuation.size(); ++j, ++k) {
-        out.loglikelihood += lp[k];
-        out.greedy = out.greedy && g[k];
-      }
-    }
+    out.batches.push_back(std::move(batch));
+    out.owners.push_back(std::move(owners));
     start = end;
   }
+  return out;
+}
+
+std::vector<LoglikelihoodResult> loglikelihood_results(const LoglikelihoodBatches& batches,
+                                                       const std::vector<ScoredTokens>& scores) {
+  if (scores.size() != batches.batches.size())
+    throw Error(fmt::format("loglikelihood: {} batches scored of {}", scores.size(), batches.batches.size()));
+  std::vector<LoglikelihoodResult> results(batches.requests);
+  for (size_t i = 0; i < scores.size(); ++i) {
+    size_t k = 0;
+    for (const auto& [request, count] : batches.owners[i]) {
+      LoglikelihoodResult& out = results[request];
+      out.greedy = true;
+      for (size_t j = 0; j < count; ++j, ++k) {
+        out.loglikelihood += scores[i].logprob[k];
+        out.greedy = out.greedy && scores[i].greedy[k];
+      }
+    }
+  }
   return results;
+}
+
+std::vector<LoglikelihoodResult> score_loglikelihoods(const LlamaWeights& weights, ForwardHooks* hooks,
+                                                      const Tokenizer& tokenizer,
+                                                      const std::vector<LoglikelihoodRequest>& requests,
+                                                      const LoglikelihoodOptions& options) {
+  const LoglikelihoodBatches batches = loglikelihood_batches(tokenizer, requests, options, weights.config.max_seq_len);
+  return loglikelihood_results(batches, score_batches(weights, batches.batches, hooks));
 }
 
 }  // namespace sqlab

@@ -10,6 +10,7 @@
 
 #include <vector>
 
+#include "model/layerwise.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "tasks/task.h"
@@ -26,6 +27,18 @@ struct LoglikelihoodOptions {
 // Token ids of one request: the context's and the continuation's (lm-eval's _encode_pair).
 std::pair<std::vector<int64_t>, std::vector<int64_t>> encode_request(const Tokenizer& tokenizer,
                                                                      const LoglikelihoodRequest& request, bool bos);
+
+// The requests as batches of rows for a HiddenStream (model/layerwise.h), and who owns
+// which selected positions. model_context: the window when options.max_length is 0.
+struct LoglikelihoodBatches {
+  std::vector<TokenBatch> batches;
+  std::vector<std::vector<std::pair<size_t, size_t>>> owners;  // per batch: (request, continuation tokens)
+  size_t requests = 0;
+};
+LoglikelihoodBatches loglikelihood_batches(const Tokenizer& tokenizer, const std::vector<LoglikelihoodRequest>& requests,
+                                           const LoglikelihoodOptions& options, int64_t model_context);
+std::vector<LoglikelihoodResult> loglikelihood_results(const LoglikelihoodBatches& batches,
+                                                       const std::vector<ScoredTokens>& scores);
 
 std::vector<LoglikelihoodResult> score_loglikelihoods(const LlamaWeights& weights, ForwardHooks* hooks,
                                                       const Tokenizer& tokenizer,

@@ -4,6 +4,7 @@
 #include <ATen/Context.h>
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <map>
 
@@ -22,6 +23,7 @@
 #include "model/perplexity.h"
 #include "model/quantized_model.h"
 #include "model/tokenizer.h"
+#include "model/weight_source.h"
 #include "tasks/task.h"
 
 namespace sqlab {
@@ -69,6 +71,37 @@ struct Plan : ModelRunPlan {
 };
 
 
+// Layer i/N, tokens per second and the time left of a run's pass over the layers, on a
+// terminal only (one line, rewritten; nothing when stderr is not a terminal).
+class LayerProgress {
+ public:
+  LayerProgress(std::string run, int64_t layers, int64_t tokens_per_layer)
+      : run_(std::move(run)), layers_(layers), tokens_(tokens_per_layer), enabled_(stderr_is_terminal()),
+        start_(now_seconds()) {}
+  ~LayerProgress() { finish(); }
+
+  void layer_done(int64_t done) {
+    if (!enabled_) return;
+    const double elapsed = now_seconds() - start_;
+    const double rate = elapsed > 0 ? static_cast<double>(tokens_ * done) / elapsed : 0.0;
+    const double left = elapsed / static_cast<double>(done) * static_cast<double>(layers_ - done);
+    fmt::print(stderr, "\r\033[K{}: layer {}/{}, {:.0f} tokens/s, {:.0f} s left", run_, done, layers_, rate, left);
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+  void finish() {
+    if (drawn_) fmt::print(stderr, "\r\033[K");
+    drawn_ = false;
+  }
+
+ private:
+  std::string run_;
+  int64_t layers_, tokens_;
+  bool enabled_;
+  double start_;
+  bool drawn_ = false;
+};
+
 int64_t non_negative(ConfigReader& r, const std::string& key, int64_t fallback) {
   const int64_t v = r.get<int64_t>(key, fallback);
   if (v < 0) r.fail(key, "must be >= 0");
@@ -84,13 +117,16 @@ class ModelBackend : public ModelRunBackend {
   RunRecord execute(const PreparedRun& run) const override;
 
  private:
-  const LlamaWeights& model(const Plan& plan) const;
+  // The checkpoint opened for the layer-by-layer pipeline (headers checked, nothing read).
+  WeightSourcePtr source(const Plan& plan) const;
+  // The whole full-precision model in memory: zero-shot scoring only.
+  const LlamaWeights& whole_model(const Plan& plan) const;
   const Tokenizer* tokenizer(const Plan& plan) const;
   const std::vector<int64_t>& tokens(const Plan& plan, const std::string& text) const;
-  const PerplexityResult& full_precision(const Plan& plan, const at::Tensor& eval_tokens, int64_t seq_len,
-                                         int64_t stride) const;
+  std::string fp_key(const Plan& plan, const at::Tensor& eval_tokens, int64_t seq_len, int64_t stride) const;
 
   // Caches across the runs of one experiment (runs share models and texts).
+  mutable std::map<std::string, WeightSourcePtr> sources_;
   mutable std::map<std::string, LlamaWeights> models_;
   mutable std::map<std::string, std::unique_ptr<Tokenizer>> tokenizers_;
   mutable std::map<std::string, std::vector<int64_t>> tokens_;
@@ -100,7 +136,7 @@ class ModelBackend : public ModelRunBackend {
 
   const PreparedTask& task(const Plan& plan, const std::string& name) const;
   std::string task_key(const Plan& plan, const std::string& name) const;
-  void score_tasks(const Plan& plan, const QuantizedModel& quantized, RunRecord& record) const;
+  void score_tasks(const Plan& plan, const LlamaWeights& quantized, ForwardHooks* hooks, RunRecord& record) const;
 };
 
 std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, const RunSpec& run,
@@ -168,11 +204,18 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   return plan;
 }
 
-const LlamaWeights& ModelBackend::model(const Plan& plan) const {
+WeightSourcePtr ModelBackend::source(const Plan& plan) const {
+  const std::string key = plan.model.path + "#" + plan.model.format;
+  auto it = sources_.find(key);
+  if (it == sources_.end()) it = sources_.emplace(key, open_weights(plan.model.path, plan.model.format)).first;
+  return it->second;
+}
+
+const LlamaWeights& ModelBackend::whole_model(const Plan& plan) const {
   const std::string key = plan.model.path + "#" + plan.model.format + "#" + plan.model.device;
   auto it = models_.find(key);
   if (it == models_.end()) {
-    LlamaWeights w = load_checkpoint(plan.model.path, plan.model.format);
+    LlamaWeights w = read_all_weights(*source(plan));
     if (plan.model.device == "cuda") {
       const at::Device cuda(at::kCUDA);
       w.embedding = w.embedding.to(cuda);
@@ -204,36 +247,32 @@ const std::vector<int64_t>& ModelBackend::tokens(const Plan& plan, const std::st
   return it->second;
 }
 
-const PerplexityResult& ModelBackend::full_precision(const Plan& plan, const at::Tensor& eval_tokens,
-                                                     int64_t seq_len, int64_t stride) const {
-  const std::string key = fmt::format("{}#{}#{}#{}#{}#{}#{}", plan.model.path, plan.model.format, plan.model.tokenizer,
-                                      plan.eval.text, eval_tokens.numel(), seq_len, stride) +
-                          fmt::format("#{}#{}#{}", plan.eval.bos, plan.eval.documents.documents,
-                                      plan.eval.documents.join);
-  auto it = fp_.find(key);
-  if (it == fp_.end())
-    it = fp_.emplace(key, perplexity(model(plan), eval_tokens, seq_len, stride, nullptr, plan.eval.batch)).first;
-  return it->second;
+std::string ModelBackend::fp_key(const Plan& plan, const at::Tensor& eval_tokens, int64_t seq_len,
+                                 int64_t stride) const {
+  return fmt::format("{}#{}#{}#{}#{}#{}#{}", plan.model.path, plan.model.format, plan.model.tokenizer, plan.eval.text,
+                     eval_tokens.numel(), seq_len, stride) +
+         fmt::format("#{}#{}#{}#{}", plan.eval.bos, plan.eval.documents.documents, plan.eval.documents.join,
+                     plan.eval.batch);
 }
 
 void ModelBackend::validate(const ModelRunPlan& base, const RotationMethod& method) const {
   const Plan& plan = static_cast<const Plan&>(base);
-  const LlamaWeights& w = model(plan);
+  const LlamaConfig& config = source(plan)->config();
   const std::string where = plan.file + ": eval.seq_len";
-  if (plan.eval.seq_len > w.config.max_seq_len)
+  if (plan.eval.seq_len > config.max_seq_len)
     throw config_error(fmt::format("{}: {} exceeds the context of {} ({})", where, plan.eval.seq_len,
-                                   plan.model.path, w.config.max_seq_len));
+                                   plan.model.path, config.max_seq_len));
   const Tokenizer* tok = tokenizer(plan);
-  if (tok && tok->vocab_size() > w.config.vocab_size)
+  if (tok && tok->vocab_size() > config.vocab_size)
     throw config_error(fmt::format("{}: model.tokenizer: {} has {} tokens, the model only {}", plan.file,
-                                   plan.model.tokenizer, tok->vocab_size(), w.config.vocab_size));
+                                   plan.model.tokenizer, tok->vocab_size(), config.vocab_size));
   for (const std::string& text : {plan.eval.text, plan.calib.text})
     if (!text.empty()) tokens(plan, text);  // tokenizes (and checks) once; cached for the runs
   if (!plan.eval.tasks.empty() && !tok)
     throw config_error(fmt::format("{}: eval.tasks: zero-shot tasks need a tokenizer (model.tokenizer)", plan.file));
   for (const std::string& name : plan.eval.tasks) task(plan, name);  // specs, data and requests, checked once
-  method.check_width(w.config.dim);
-  if (plan.quant.model.placement == Placement::online) method.check_width(w.config.hidden_dim);
+  method.check_width(config.dim);
+  if (plan.quant.model.placement == Placement::online) method.check_width(config.hidden_dim);
 }
 
 std::string ModelBackend::task_key(const Plan& plan, const std::string& name) const {
@@ -261,7 +300,8 @@ const PreparedTask& ModelBackend::task(const Plan& plan, const std::string& name
 // quantized one: /metrics/TASK.acc, TASK.acc_stderr, TASK.acc_norm, ..., TASK.examples and the
 // same with _fp; the mean acc over the tasks (zero_shot_acc); per task the spec's sha256, the
 // lm-eval task it reproduces and the first example's prompt as attributes.
-void ModelBackend::score_tasks(const Plan& plan, const QuantizedModel& quantized, RunRecord& record) const {
+void ModelBackend::score_tasks(const Plan& plan, const LlamaWeights& quantized, ForwardHooks* hooks,
+                               RunRecord& record) const {
   if (plan.eval.tasks.empty()) return;
   LoglikelihoodOptions options;
   options.max_length = plan.eval.seq_len;
@@ -274,10 +314,10 @@ void ModelBackend::score_tasks(const Plan& plan, const QuantizedModel& quantized
                                            options.max_length);
     auto fp = fp_tasks_.find(fp_key);
     if (fp == fp_tasks_.end())
-      fp = fp_tasks_.emplace(fp_key, score_loglikelihoods(model(plan), nullptr, *tokenizer(plan), t.requests.requests,
+      fp = fp_tasks_.emplace(fp_key, score_loglikelihoods(whole_model(plan), nullptr, *tokenizer(plan), t.requests.requests,
                                                           options)).first;
-    const std::vector<LoglikelihoodResult> q = score_loglikelihoods(quantized.weights, quantized.hooks.get(),
-                                                                    *tokenizer(plan), t.requests.requests, options);
+    const std::vector<LoglikelihoodResult> q =
+        score_loglikelihoods(quantized, hooks, *tokenizer(plan), t.requests.requests, options);
     const TaskScores scores = score_task(t.spec, t.requests, q);
     const TaskScores fp_scores = score_task(t.spec, t.requests, fp->second);
     for (const auto& [metric, value] : scores.metrics) record.metrics[name + "." + metric] = value;
@@ -297,7 +337,7 @@ void ModelBackend::score_tasks(const Plan& plan, const QuantizedModel& quantized
       "window {} tokens, contexts cut from the left; BOS {}; data {}",
       fmt::join(plan.eval.tasks, ", "), plan.eval.limit > 0 ? std::to_string(plan.eval.limit) : "all",
       plan.eval.limit > 0 ? "eval.limit: not a reportable score" : "the whole split", plan.eval.num_fewshot,
-      options.max_length > 0 ? options.max_length : model(plan).config.max_seq_len, options.bos ? "yes" : "no",
+      options.max_length > 0 ? options.max_length : source(plan)->config().max_seq_len, options.bos ? "yes" : "no",
       plan.eval.tasks_dir);
 }
 
@@ -306,8 +346,9 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   const Plan& plan = static_cast<const Plan&>(*p.model);
   RunRecord record = new_run_record(*p.spec);
 
-  const LlamaWeights& fp = model(plan);
-  const int64_t seq_len = plan.eval.seq_len > 0 ? plan.eval.seq_len : fp.config.max_seq_len;
+  const WeightSourcePtr weights = source(plan);
+  const LlamaConfig& config = weights->config();
+  const int64_t seq_len = plan.eval.seq_len > 0 ? plan.eval.seq_len : config.max_seq_len;
   const int64_t stride = plan.eval.stride > 0 ? plan.eval.stride : seq_len;
   const bool has_text = !plan.eval.text.empty();
   static const std::vector<int64_t> kNoTokens;
@@ -327,14 +368,16 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
       at::tensor(std::vector<int64_t>(calib_all.begin() + calib_begin, calib_all.begin() + calib_begin + calib_count),
                  at::kLong),
       std::min(calib_seq, calib_count), "calib");
+  // The full-precision perplexity: once per model and protocol, in the same pass as the
+  // first run that needs it; cached for the others.
+  const std::string fp_cache = has_text ? fp_key(plan, eval_tokens, seq_len, stride) : std::string();
+  const bool need_fp = has_text && !fp_.count(fp_cache);
+  const std::vector<TokenBatch> batches =
+      has_text ? perplexity_batches(eval_tokens, seq_len, stride, plan.eval.batch) : std::vector<TokenBatch>{};
+  const int64_t windows = has_text ? static_cast<int64_t>(perplexity_windows(eval_count, seq_len, stride).size()) : 0;
   const double load_seconds = now_seconds() - start;
 
-  const double fp_start = now_seconds();
-  static const PerplexityResult kNoPerplexity;
-  const PerplexityResult& fp_ppl = has_text ? full_precision(plan, eval_tokens, seq_len, stride) : kNoPerplexity;
-  const double fp_seconds = now_seconds() - fp_start;
-
-  // Build the quantized model.
+  // The quantizer's inputs.
   const bool online = plan.quant.model.placement == Placement::online;
   std::map<std::string, std::unique_ptr<RecordFitLog>> logs;
   RunWarnings warnings(p.spec->run_id);
@@ -360,18 +403,68 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
                                      in.seed, in.log_for("residual"));
     };
   }
-  const double build_start = now_seconds();
-  const QuantizedModel quantized = build_quantized_model(fp, plan.quant, in);
-  const double build_seconds = now_seconds() - build_start;
+
+  // One pass over the layers (issue #18): layer l is read, transformed and quantized, the
+  // evaluation windows' hidden states go through it (and through the full-precision layer
+  // while the full-precision perplexity is not cached), then it is dropped. Zero-shot
+  // scoring reads the quantized model many times over: its layers are kept when tasks run.
+  const at::Device device = plan.model.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  std::map<std::string, double> stage;
+  const auto timed = [&](const char* name, auto&& work) {
+    const double t = now_seconds();
+    work();
+    stage[name] += now_seconds() - t;
+  };
+  LayerwiseBuilder builder(weights, plan.quant, in, device);
+  HiddenStream eval_q(batches), eval_fp(need_fp ? batches : std::vector<TokenBatch>{});
+  ForwardHooks* hooks = builder.hooks().get();
+  timed("eval_forward", [&] { eval_q.embed(config, builder.embedding(), weights->origin()); });
+  timed("eval_fp", [&] { eval_fp.embed(config, builder.fp_embedding(), weights->origin()); });
+  const bool keep_layers = !plan.eval.tasks.empty();
+  LlamaWeights kept;
+  const int64_t tokens_per_layer = calib.numel() * (plan.quant.quant.w_quantizer == WeightQuantizer::rtn ? 1 : 3) +
+                                   eval_count * (need_fp ? 2 : 1);
+  LayerProgress progress(p.spec->run_id, config.n_layers, tokens_per_layer);
+  for (int64_t l = 0; l < config.n_layers; ++l) {
+    LayerwiseBuilder::Layer layer = builder.next_layer();
+    timed("eval_fp", [&] { eval_fp.advance(config, layer.fp, l); });
+    timed("eval_forward", [&] { eval_q.advance(config, layer.quantized, l, hooks); });
+    if (keep_layers) kept.layers.push_back(std::move(layer.quantized));
+    progress.layer_done(l + 1);
+  }
+  progress.finish();
+  builder.finish();
+  PerplexityResult q;
+  if (has_text) {
+    timed("head", [&] {
+      q = perplexity_result(eval_q.score(config, builder.final_norm(), builder.output(), hooks), seq_len, stride,
+                            windows);
+    });
+  }
+  if (need_fp)
+    timed("eval_fp", [&] {
+      fp_[fp_cache] = perplexity_result(eval_fp.score(config, builder.fp_final_norm(), builder.fp_output()), seq_len,
+                                        stride, windows);
+    });
+  static const PerplexityResult kNoPerplexity;
+  const PerplexityResult& fp_ppl = has_text ? fp_.at(fp_cache) : kNoPerplexity;
+  for (const auto& [name, seconds] : builder.timing()) stage[name] += seconds;
+  double build_seconds = 0.0;  // the quantization pass: read, calibration forward, fit, fuse, quantize, check
+  for (const auto& [name, seconds] : builder.timing()) build_seconds += seconds;
+  const double eval_seconds = stage["eval_forward"] + stage["head"];
+  const double fp_seconds = stage["eval_fp"];
   throw_if_interrupted();
 
-  const double eval_start = now_seconds();
-  const PerplexityResult q = has_text ? perplexity(quantized.weights, eval_tokens, seq_len, stride,
-                                                   quantized.hooks.get(), plan.eval.batch)
-                                      : PerplexityResult{};
-  const double eval_seconds = now_seconds() - eval_start;
+  if (keep_layers) {
+    kept.config = config;
+    kept.config.tied_embeddings = !builder.head_untied() && config.tied_embeddings;
+    kept.origin = weights->origin();
+    kept.embedding = builder.embedding();
+    kept.final_norm = builder.final_norm();
+    kept.output = kept.config.tied_embeddings ? kept.embedding : builder.output();
+  }
   const double tasks_start = now_seconds();
-  score_tasks(plan, quantized, record);
+  if (keep_layers) score_tasks(plan, kept, hooks, record);
   const double tasks_seconds = now_seconds() - tasks_start;
   const double record_start = now_seconds();
 
@@ -394,7 +487,7 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   record.metrics["stride"] = static_cast<double>(stride);
   record.metrics["calib_tokens"] = static_cast<double>(calib.numel());
   record.metrics["calib_overlaps_eval"] = calib_text == plan.eval.text && calib_begin < eval_count;
-  record.metrics["fused_logit_error"] = quantized.fused_logit_error;
+  record.metrics["fused_logit_error"] = builder.fused_logit_error();
   record.metrics["build_seconds"] = build_seconds;
   record.metrics["eval_seconds"] = eval_seconds;
   record.metrics["quantization_pass_seconds"] = build_seconds;  // fit + fuse + quantize
@@ -420,18 +513,22 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   record.attributes["calib_protocol"] =
       fmt::format("text {}, tokens [{}, {}), windows of {}", calib_text, calib_begin, calib_begin + calib.numel(),
                   calib.size(1));
-  record.attributes["head"] = !fp.config.tied_embeddings ? "separate"
-                              : quantized.head_untied ? "tied in the checkpoint; untied by folding/fusion"
+  record.attributes["head"] = !config.tied_embeddings  ? "separate"
+                              : builder.head_untied() ? "tied in the checkpoint; untied by folding/fusion"
                                                       : "tied";
-  if (quantized.residual) record.attributes["residual_rotation"] = quantized.residual->describe();
+  if (builder.residual()) record.attributes["residual_rotation"] = builder.residual()->describe();
+  record.attributes["pipeline"] = fmt::format(
+      "layer by layer: weights read from {} one decoder layer at a time (float32 compute on {}), calibration and "
+      "evaluation hidden states carried through each layer in turn; head and log-softmax {} tokens at a time",
+      weights->origin(), device.str(), kHeadChunkTokens);
+  record.metrics["peak_rss_mib"] = peak_rss_mib();
   warnings.store(record);
-  // Disjoint stages: load (model, texts, tokens), eval_fp (the full-precision perplexity, 0
-  // when cached from an earlier run), build (fit, fuse, quantize), apply (the quantized
-  // model's perplexity), record.
+  // Disjoint stages: load (texts, tokens, windows); the quantization pass's read (weights
+  // from the checkpoint), calib_forward, fit, fuse, quantize, check (the fused-model check);
+  // eval_forward (the evaluation windows through the quantized layers), head (its chunked
+  // log-softmax), eval_fp (the same on the full-precision layers; 0 when cached); tasks; record.
   record.timing["load"] = load_seconds;
-  record.timing["eval_fp"] = fp_seconds;
-  record.timing["build"] = build_seconds;
-  record.timing["apply"] = eval_seconds;
+  for (const auto& [name, seconds] : stage) record.timing[name] = seconds;
   record.timing["tasks"] = tasks_seconds;
   record.timing["record"] = now_seconds() - record_start;
   finish_timing(record, now_seconds() - start);

@@ -27,39 +27,58 @@ std::vector<PerplexityWindow> perplexity_windows(int64_t n_tokens, int64_t seq_l
   return windows;
 }
 
-PerplexityResult perplexity(const LlamaWeights& weights, const at::Tensor& tokens, int64_t seq_len,
-                            int64_t stride, ForwardHooks* hooks, int64_t batch) {
-  at::NoGradGuard no_grad;
-  const at::Tensor stream = tokens.reshape({-1}).to(at::kLong);
+std::vector<TokenBatch> perplexity_batches(const at::Tensor& tokens, int64_t seq_len, int64_t stride,
+                                           int64_t batch) {
+  const at::Tensor stream = tokens.reshape({-1}).to(at::kLong).cpu();
   const std::vector<PerplexityWindow> windows = perplexity_windows(stream.numel(), seq_len, stride);
   if (windows.empty())
     throw Error(fmt::format("perplexity: {} tokens do not fill one window of {}", stream.numel(), seq_len));
+  batch = std::max<int64_t>(1, batch);
+  const int64_t* ids = stream.data_ptr<int64_t>();
+  std::vector<TokenBatch> out;
+  for (size_t i = 0; i < windows.size(); i += static_cast<size_t>(batch)) {
+    const size_t end = std::min(windows.size(), i + static_cast<size_t>(batch));
+    std::vector<at::Tensor> rows;
+    TokenBatch b;
+    for (size_t j = i; j < end; ++j) {
+      const PerplexityWindow& w = windows[j];
+      rows.push_back(stream.narrow(0, w.begin, seq_len));
+      // Position p predicts the token at p + 1; the window scores targets first_scored..seq_len-1.
+      const int64_t row = static_cast<int64_t>(j - i);
+      for (int64_t p = w.first_scored - 1; p < seq_len - 1; ++p) {
+        b.select.push_back(row * seq_len + p);
+        b.targets.push_back(ids[w.begin + p + 1]);
+      }
+    }
+    b.tokens = at::stack(rows);
+    out.push_back(std::move(b));
+  }
+  return out;
+}
+
+PerplexityResult perplexity_result(const std::vector<ScoredTokens>& scores, int64_t seq_len, int64_t stride,
+                                   int64_t windows) {
   PerplexityResult r;
   r.seq_len = seq_len;
   r.stride = stride;
-  r.windows = static_cast<int64_t>(windows.size());
-  batch = std::max<int64_t>(1, batch);
-  for (size_t i = 0; i < windows.size(); i += batch) {
-    throw_if_interrupted();
-    const size_t end = std::min(windows.size(), i + static_cast<size_t>(batch));
-    std::vector<at::Tensor> rows;
-    for (size_t j = i; j < end; ++j) rows.push_back(stream.narrow(0, windows[j].begin, seq_len));
-    const at::Tensor input = at::stack(rows);                                     // B x T
-    const at::Tensor logits = llama_forward(weights, input, hooks).to(at::kDouble);  // B x T x V
-    // nll[b, t] = -log p(token t+1 | tokens <= t)
-    const at::Tensor logp = at::log_softmax(logits.narrow(1, 0, seq_len - 1), -1);
-    const at::Tensor targets = input.narrow(1, 1, seq_len - 1).to(logp.device()).unsqueeze(-1);
-    const at::Tensor nll = -logp.gather(-1, targets).squeeze(-1).cpu();  // B x (T-1)
-    for (size_t j = i; j < end; ++j) {
-      // Target at window position p is nll[:, p - 1].
-      const int64_t first = windows[j].first_scored;
-      r.nll_sum += nll[j - i].narrow(0, first - 1, seq_len - first).sum().item<double>();
-      r.tokens_scored += seq_len - first;
-    }
+  r.windows = windows;
+  for (const ScoredTokens& s : scores) {
+    // Sum per batch first, then across batches: the order the whole-batch path summed in.
+    double batch_sum = 0.0;
+    for (double lp : s.logprob) batch_sum -= lp;
+    r.nll_sum += batch_sum;
+    r.tokens_scored += static_cast<int64_t>(s.logprob.size());
   }
   r.nll_mean = r.nll_sum / static_cast<double>(r.tokens_scored);
   r.ppl = std::exp(r.nll_mean);
   return r;
+}
+
+PerplexityResult perplexity(const LlamaWeights& weights, const at::Tensor& tokens, int64_t seq_len,
+                            int64_t stride, ForwardHooks* hooks, int64_t batch) {
+  const std::vector<TokenBatch> batches = perplexity_batches(tokens, seq_len, stride, batch);
+  const int64_t windows = static_cast<int64_t>(perplexity_windows(tokens.numel(), seq_len, stride).size());
+  return perplexity_result(score_batches(weights, batches, hooks), seq_len, stride, windows);
 }
 
 }  // namespace sqlab

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "model/layerwise.h"
 #include "model/llama.h"
 
 namespace sqlab {
@@ -39,6 +40,13 @@ struct PerplexityResult {
   int64_t seq_len = 0;
   int64_t stride = 0;
 };
+
+// The windows as batches of `batch` rows for a HiddenStream (model/layerwise.h): every
+// scored target of a window is a selected position. Throws when no full window fits.
+std::vector<TokenBatch> perplexity_batches(const at::Tensor& tokens, int64_t seq_len, int64_t stride, int64_t batch);
+// ppl from the batches' scores (windows: how many there were, for the record).
+PerplexityResult perplexity_result(const std::vector<ScoredTokens>& scores, int64_t seq_len, int64_t stride,
+                                   int64_t windows);
 
 // `tokens`: 1-D int64. Windows are evaluated `batch` at a time (same result for any
 // batch). Throws when no full window fits.

@@ -90,129 +90,342 @@ RotationPtr fit_site(const BuildInputs& in, const QuantConfig& quant, const std:
   return r;
 }
 
-void build_online(LlamaWeights& w, QuantizedModelHooks& hooks, const QuantConfig& quant, const BuildInputs& in) {
-  const std::map<SiteKey, at::Tensor> captured = capture_site_inputs(w, in.calib_windows);
-  for (const SiteKey& key : all_site_keys(w.config, false)) {
-    throw_if_interrupted();
-    const std::string name = site_key_name(key);
-    RotationPtr r = fit_site(in, quant, name, captured.at(key), site_weight(w, key.first, key.second));
-    for (at::Tensor* t : site_linears(w, key.first, key.second)) *t = r->fuse_into(*t).contiguous();
-    hooks.rotations[key] = std::shared_ptr<const Rotation>(std::move(r));
+const LinearSite kLayerSites[] = {LinearSite::attn_in, LinearSite::attn_out, LinearSite::mlp_in, LinearSite::mlp_out};
+
+// The calibration windows as batches of 8 rows (the batch capture_site_inputs used).
+std::vector<TokenBatch> calibration_batches(const at::Tensor& windows, int64_t rows = 8) {
+  std::vector<TokenBatch> out;
+  for (int64_t i = 0; i < windows.size(0); i += rows) {
+    TokenBatch b;
+    b.tokens = windows.narrow(0, i, std::min(rows, windows.size(0) - i));
+    out.push_back(std::move(b));
   }
+  return out;
 }
 
-// The residual stream's inputs to the quantized reading linears (attn_in and mlp_in of
-// every layer, and the head when it is quantized), stacked: the site Q is fitted on.
-RotationPtr fit_residual(const LlamaWeights& w, const QuantConfig& quant, bool head_quantized,
-                         const BuildInputs& in) {
-  std::vector<SiteKey> keys;
-  for (int64_t l = 0; l < w.config.n_layers; ++l) {
-    keys.emplace_back(l, LinearSite::attn_in);
-    keys.emplace_back(l, LinearSite::mlp_in);
-  }
-  if (head_quantized) keys.emplace_back(-1, LinearSite::head);
-  const std::map<SiteKey, at::Tensor> captured = capture_site_inputs(w, in.calib_windows, keys);
-  std::vector<at::Tensor> xs, ws;
-  const int64_t per_site = in.max_fit_tokens > 0 ? std::max<int64_t>(1, in.max_fit_tokens / keys.size()) : 0;
-  for (const SiteKey& key : keys) {
-    xs.push_back(first_rows(captured.at(key), per_site));
-    ws.push_back(site_weight(w, key.first, key.second));
-  }
-  return fit_site(in, quant, "residual", at::cat(xs, 0), at::cat(ws, 0));
+void move_layer(LlamaLayer& layer, at::Device device) {
+  for (at::Tensor* t : layer.tensors())
+    if (t->defined() && t->device() != device) *t = t->to(device);
 }
 
-void build_residual(LlamaWeights& w, QuantizedModelHooks& hooks, const ModelQuantConfig& config,
-                    const BuildInputs& in, QuantizedModel& out) {
-  const LlamaConfig& c = w.config;
-  if (config.model.vo_hadamard) {
-    HadamardRotation h(c.head_dim(), random_signs(c.head_dim(), make_generator(in.seed, "model/vo_hadamard")));
-    fuse_value_head_rotation(w, h);
-  }
-  if (config.model.down_hadamard) {
-    auto h = std::make_shared<HadamardRotation>(
-        c.hidden_dim, random_signs(c.hidden_dim, make_generator(in.seed, "model/down_hadamard")));
-    fuse_down_input_rotation(w, *h);
-    hooks.down_rotation = h;
-  }
-  RotationPtr q = in.residual_trainer ? in.residual_trainer(w, hooks)
-                                      : fit_residual(w, config.quant, config.model.head_bits < 16, in);
-  if (!q->orthogonal())
-    throw Error(fmt::format("placement residual needs an orthogonal rotation; the method gave {}", q->describe()));
-  if (in.residual_trainer && in.keep_rotations && in.rotations_out) (*in.rotations_out)["residual"] = q->factors();
-  fuse_residual_rotation(w, *q);
-  out.residual = std::shared_ptr<const Rotation>(std::move(q));
-}
+at::Tensor on(const at::Tensor& t, at::Device device) { return t.device() == device ? t : t.to(device); }
 
-// Every linear's weight, layer by layer in order. A data-aware quantizer (GPTQ) gets
-// each linear's calibration inputs as the evaluated model produces them with the layers
-// before it already weight-quantized (activations unquantized meanwhile), as GPTQ, QuaRot
-// and SpinQuant calibrate; RTN needs no inputs and no forward passes.
-void quantize_all_weights(LlamaWeights& weights, const QuantizedModelHooks& hooks, const QuantConfig& quant,
-                          int head_bits, const at::Tensor& calib_windows) {
-  const bool data_aware = quant.w_quantizer != WeightQuantizer::rtn;
-  QuantizedModelHooks rotate_only = hooks;
-  rotate_only.act.bits = rotate_only.head_act.bits = 16;
-  const QuantSpec head_weight = with_bits(quant.weight, head_bits);
-  std::vector<int64_t> layers;
-  for (int64_t l = 0; l < weights.config.n_layers; ++l) layers.push_back(l);
-  if (head_bits < 16) layers.push_back(-1);
-  const std::vector<SiteKey> keys = all_site_keys(weights.config, head_bits < 16);
-  for (int64_t layer : layers) {
-    throw_if_interrupted();
-    std::vector<SiteKey> mine;
-    for (const SiteKey& key : keys)
-      if (key.first == layer) mine.push_back(key);
-    const std::map<SiteKey, at::Tensor> inputs =
-        data_aware ? capture_site_inputs(weights, calib_windows, mine, &rotate_only) : std::map<SiteKey, at::Tensor>{};
-    for (const SiteKey& key : mine) {
-      const QuantSpec& spec = key.second == LinearSite::head ? head_weight : quant.weight;
-      const at::Tensor x = data_aware ? inputs.at(key) : at::Tensor();
-      for (at::Tensor* t : site_linears(weights, key.first, key.second)) *t = quantize_linear_weight(*t, spec, quant, x);
-    }
+// ||a W^T - b V^T||_F^2 and ||a W^T||_F^2 over the rows of a and b, a chunk of rows at a
+// time (no T x vocab tensor): the fused-model check's logits.
+std::pair<double, double> logit_difference(const at::Tensor& a, const at::Tensor& w, const at::Tensor& b,
+                                           const at::Tensor& v) {
+  const at::Tensor x = a.reshape({-1, a.size(-1)}), y = b.reshape({-1, b.size(-1)});
+  double diff = 0.0, ref = 0.0;
+  for (int64_t i = 0; i < x.size(0); i += kHeadChunkTokens) {
+    const int64_t n = std::min(kHeadChunkTokens, x.size(0) - i);
+    const at::Tensor reference = at::linear(x.narrow(0, i, n), w).to(at::kDouble);
+    const at::Tensor fused = at::linear(y.narrow(0, i, n), v).to(at::kDouble);
+    diff += (fused - reference).pow(2).sum().item<double>();
+    ref += reference.pow(2).sum().item<double>();
   }
-}
-
-// Folding and every fused rotation are exact in full precision: the transformed model,
-// with its online rotations but no quantizer, must give the original's logits. Measured
-// on one calibration window before the weights are quantized (every model-level run).
-double fused_logit_error(const LlamaWeights& fp, const LlamaWeights& transformed, const QuantizedModelHooks& hooks,
-                         const at::Tensor& calib_windows) {
-  at::NoGradGuard no_grad;
-  const at::Tensor window = calib_windows.narrow(0, 0, 1);
-  QuantizedModelHooks rotate_only = hooks;
-  rotate_only.act.bits = rotate_only.head_act.bits = 16;
-  rotate_only.ste = false;
-  const at::Tensor reference = llama_forward(fp, window).to(at::kDouble);
-  const at::Tensor fused = llama_forward(transformed, window, &rotate_only).to(at::kDouble);
-  return (fused - reference).norm().item<double>() / reference.norm().item<double>();
+  return {diff, ref};
 }
 
 }  // namespace
 
-QuantizedModel build_quantized_model(const LlamaWeights& fp, const ModelQuantConfig& config, const BuildInputs& in) {
-  // No NoGradGuard here: training methods (cayley_sgd) need autograd inside fit; the
-  // weights never require grad, so the rewrites record no graph.
-  QuantizedModel out;
-  out.weights = clone_weights(fp);
-  out.hooks = std::make_shared<QuantizedModelHooks>();
-  QuantizedModelHooks& hooks = *out.hooks;
-  const QuantConfig& quant = config.quant;
-  hooks.act = quant.act;
-  hooks.head_act = with_bits(quant.act, config.model.head_bits);
-  if (config.model.fold_norms || config.model.placement == Placement::residual) fold_norm_gains(out.weights);
-  if (config.model.placement == Placement::online)
-    build_online(out.weights, hooks, quant, in);
-  else
-    build_residual(out.weights, hooks, config, in, out);
-  out.head_untied = fp.config.tied_embeddings && !out.weights.output.is_same(out.weights.embedding);
+LayerwiseBuilder::LayerwiseBuilder(WeightSourcePtr source, const ModelQuantConfig& config, const BuildInputs& inputs,
+                                   at::Device device)
+    : source_(std::move(source)), config_(config), in_(inputs), device_(device) {
+  const LlamaConfig& c = source_->config();
+  const QuantConfig& quant = config_.quant;
+  fold_ = config_.model.fold_norms || config_.model.placement == Placement::residual;
+  data_aware_ = quant.w_quantizer != WeightQuantizer::rtn;
+  hooks_ = std::make_shared<QuantizedModelHooks>();
+  hooks_->act = quant.act;
+  hooks_->head_act = with_bits(quant.act, config_.model.head_bits);
+  double start = now_seconds();
+  fp_embedding_ = on(source_->embedding(), device_);
+  timing_["read"] += now_seconds() - start;
+  embedding_ = fp_embedding_;
 
-  out.fused_logit_error = fused_logit_error(fp, out.weights, hooks, in.calib_windows);
-  if (!(out.fused_logit_error <= kMaxFusedLogitError))
+  if (config_.model.placement == Placement::residual) {
+    if (config_.model.vo_hadamard) {
+      auto h = std::make_shared<HadamardRotation>(c.head_dim(),
+                                                  random_signs(c.head_dim(), make_generator(in_.seed, "model/vo_hadamard")));
+      check_value_head_rotation(*h, c);
+      value_head_ = h;
+    }
+    if (config_.model.down_hadamard)
+      hooks_->down_rotation = std::make_shared<HadamardRotation>(
+          c.hidden_dim, random_signs(c.hidden_dim, make_generator(in_.seed, "model/down_hadamard")));
+    if (in_.residual_trainer)
+      train_residual();
+    else
+      fit_residual_first_pass();
+    start = now_seconds();
+    embedding_ = residual_->apply(fp_embedding_).contiguous();
+    timing_["fuse"] += now_seconds() - start;
+  }
+
+  start = now_seconds();
+  const at::Tensor first_window = in_.calib_windows.narrow(0, 0, 1);
+  check_fp_ = HiddenStream({TokenBatch{first_window, {}, {}}});
+  check_ = HiddenStream({TokenBatch{first_window, {}, {}}});
+  check_fp_.embed(c, fp_embedding_, origin());
+  check_.embed(c, embedding_, origin());
+  timing_["check"] += now_seconds() - start;
+  start = now_seconds();
+  if (config_.model.placement == Placement::online) {
+    calib_ = HiddenStream(calibration_batches(in_.calib_windows));
+    calib_.embed(c, fp_embedding_, origin());
+  }
+  if (data_aware_) {
+    calib_q_ = HiddenStream(calibration_batches(in_.calib_windows));
+    calib_q_.embed(c, embedding_, origin());
+  }
+  timing_["calib_forward"] += now_seconds() - start;
+}
+
+QuantizedModelHooks LayerwiseBuilder::rotate_only() const {
+  QuantizedModelHooks h = *hooks_;
+  h.act.bits = h.head_act.bits = 16;
+  h.ste = false;
+  return h;
+}
+
+LlamaLayer LayerwiseBuilder::read_layer(int64_t index) {
+  const double start = now_seconds();
+  LlamaLayer layer = source_->layer(index);
+  move_layer(layer, device_);
+  timing_["read"] += now_seconds() - start;
+  return layer;
+}
+
+// The residual site: the stream's normalized inputs to every quantized reading linear
+// (attn_in and mlp_in of each layer, the head's when it is quantized), captured on the
+// folded full-precision model, and their stacked weights when the method reads weights.
+void LayerwiseBuilder::fit_residual_first_pass() {
+  const LlamaConfig& c = source_->config();
+  const bool head_quantized = config_.model.head_bits < 16;
+  const int64_t site_count = 2 * c.n_layers + (head_quantized ? 1 : 0);
+  const int64_t per_site = in_.max_fit_tokens > 0 ? std::max<int64_t>(1, in_.max_fit_tokens / site_count) : 0;
+  const bool with_weights = in_.method->reads_weights();
+  std::vector<at::Tensor> xs, ws;
+  HiddenStream stream(calibration_batches(in_.calib_windows));
+  stream.embed(c, fp_embedding_, origin());
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    throw_if_interrupted();
+    LlamaLayer layer = read_layer(l);
+    double start = now_seconds();
+    fold_layer_norm_gains(layer);
+    timing_["fuse"] += now_seconds() - start;
+    start = now_seconds();
+    CaptureHooks capture({{l, LinearSite::attn_in}, {l, LinearSite::mlp_in}});
+    stream.advance(c, layer, l, &capture);
+    std::map<SiteKey, at::Tensor> captured = capture.take();
+    timing_["calib_forward"] += now_seconds() - start;
+    xs.push_back(first_rows(captured.at({l, LinearSite::attn_in}), per_site));
+    xs.push_back(first_rows(captured.at({l, LinearSite::mlp_in}), per_site));
+    if (with_weights) {
+      // The weights Q is fused into: v already carries the per-head Hadamard.
+      if (value_head_) fuse_value_head_into_layer(layer, c, *value_head_);
+      ws.push_back(layer_site_weight(layer, LinearSite::attn_in));
+      ws.push_back(layer_site_weight(layer, LinearSite::mlp_in));
+    }
+  }
+  if (head_quantized) {
+    at::Tensor norm = on(source_->final_norm(), device_), head = on(source_->output(), device_);
+    fold_head_norm_gain(norm, head);
+    CaptureHooks capture({{-1, LinearSite::head}});
+    for (size_t i = 0; i < stream.batches().size(); ++i) stream.head_input(i, c, norm, &capture);
+    xs.push_back(first_rows(capture.take().at({-1, LinearSite::head}), per_site));
+    if (with_weights) ws.push_back(head);
+  }
+  const at::Tensor w = with_weights ? at::cat(ws, 0) : at::empty({0, c.dim}, at::kFloat);
+  const double start = now_seconds();
+  RotationPtr q = fit_site(in_, config_.quant, "residual", at::cat(xs, 0), w);
+  timing_["fit"] += now_seconds() - start;
+  if (!q->orthogonal())
+    throw Error(fmt::format("placement residual needs an orthogonal rotation; the method gave {}", q->describe()));
+  check_residual_rotation(*q, c.dim);
+  residual_ = std::shared_ptr<const Rotation>(std::move(q));
+}
+
+// Model-level Cayley SGD: the whole folded model with the fixed rotations fused, in memory.
+void LayerwiseBuilder::train_residual() {
+  double start = now_seconds();
+  LlamaWeights model = read_all_weights(*source_);
+  for (LlamaLayer& layer : model.layers) move_layer(layer, device_);
+  model.embedding = fp_embedding_;
+  model.output = model.config.tied_embeddings ? model.embedding : on(model.output, device_);
+  model.final_norm = on(model.final_norm, device_);
+  timing_["read"] += now_seconds() - start;
+  start = now_seconds();
+  fold_norm_gains(model);
+  if (value_head_) fuse_value_head_rotation(model, *value_head_);
+  if (hooks_->down_rotation) fuse_down_input_rotation(model, *hooks_->down_rotation);
+  timing_["fuse"] += now_seconds() - start;
+  start = now_seconds();
+  RotationPtr q = in_.residual_trainer(model, *hooks_);
+  timing_["fit"] += now_seconds() - start;
+  if (!q->orthogonal())
+    throw Error(fmt::format("placement residual needs an orthogonal rotation; the method gave {}", q->describe()));
+  check_residual_rotation(*q, source_->config().dim);
+  if (in_.keep_rotations && in_.rotations_out) (*in_.rotations_out)["residual"] = q->factors();
+  residual_ = std::shared_ptr<const Rotation>(std::move(q));
+}
+
+// Online placement: each site's rotation fitted on the folded full-precision model's inputs
+// to it (captured by running calib_ through the layer), fused into the site's weights.
+void LayerwiseBuilder::transform_online(LlamaLayer& layer, int64_t l) {
+  const LlamaConfig& c = source_->config();
+  double start = now_seconds();
+  CaptureHooks capture({{l, LinearSite::attn_in}, {l, LinearSite::attn_out}, {l, LinearSite::mlp_in},
+                        {l, LinearSite::mlp_out}});
+  calib_.advance(c, layer, l, &capture);
+  const std::map<SiteKey, at::Tensor> captured = capture.take();
+  timing_["calib_forward"] += now_seconds() - start;
+  for (LinearSite site : kLayerSites) {
+    throw_if_interrupted();
+    const SiteKey key{l, site};
+    start = now_seconds();
+    RotationPtr r = fit_site(in_, config_.quant, site_key_name(key), captured.at(key), layer_site_weight(layer, site));
+    timing_["fit"] += now_seconds() - start;
+    start = now_seconds();
+    for (at::Tensor* t : layer_site_linears(layer, site)) *t = r->fuse_into(*t).contiguous();
+    timing_["fuse"] += now_seconds() - start;
+    hooks_->rotations[key] = std::shared_ptr<const Rotation>(std::move(r));
+  }
+}
+
+// Residual placement: the per-head Hadamard into v/o, the online Hadamard's other half into
+// down_proj, Q into every reader and writer.
+void LayerwiseBuilder::transform_residual(LlamaLayer& layer) const {
+  if (value_head_) fuse_value_head_into_layer(layer, source_->config(), *value_head_);
+  if (hooks_->down_rotation) layer.w_down = hooks_->down_rotation->fuse_into(layer.w_down).contiguous();
+  fuse_residual_into_layer(layer, *residual_);
+}
+
+// Every linear of the layer. GPTQ gets each linear's calibration inputs as the evaluated
+// model produces them with the layers before already weight-quantized (activations
+// unquantized meanwhile), as GPTQ, QuaRot and SpinQuant calibrate; RTN needs no inputs.
+void LayerwiseBuilder::quantize_layer(LlamaLayer& layer, int64_t l) {
+  const LlamaConfig& c = source_->config();
+  const QuantConfig& quant = config_.quant;
+  const QuantizedModelHooks hooks = rotate_only();
+  std::map<SiteKey, at::Tensor> inputs;
+  if (data_aware_) {
+    const double start = now_seconds();
+    QuantizedModelHooks inner = hooks;
+    CaptureHooks capture({{l, LinearSite::attn_in}, {l, LinearSite::attn_out}, {l, LinearSite::mlp_in},
+                          {l, LinearSite::mlp_out}},
+                         &inner);
+    HiddenStream probe = calib_q_;  // the layer before its weights are quantized; calib_q_ stays
+    probe.advance(c, layer, l, &capture);
+    inputs = capture.take();
+    timing_["calib_forward"] += now_seconds() - start;
+  }
+  const double start = now_seconds();
+  for (LinearSite site : kLayerSites) {
+    const at::Tensor x = data_aware_ ? inputs.at({l, site}) : at::Tensor();
+    for (at::Tensor* t : layer_site_linears(layer, site)) *t = quantize_linear_weight(*t, quant.weight, quant, x);
+  }
+  timing_["quantize"] += now_seconds() - start;
+  if (data_aware_) {
+    const double forward = now_seconds();
+    QuantizedModelHooks inner = hooks;
+    calib_q_.advance(c, layer, l, &inner);
+    timing_["calib_forward"] += now_seconds() - forward;
+  }
+}
+
+LayerwiseBuilder::Layer LayerwiseBuilder::next_layer() {
+  const LlamaConfig& c = source_->config();
+  if (next_ >= c.n_layers) throw Error(fmt::format("{}: every layer of {} is built", origin(), c.n_layers));
+  throw_if_interrupted();
+  const int64_t l = next_++;
+  Layer out;
+  out.fp = read_layer(l);
+  LlamaLayer layer = out.fp;  // shares the tensors; every step below makes new ones
+  double start = now_seconds();
+  if (fold_) fold_layer_norm_gains(layer);
+  timing_["fuse"] += now_seconds() - start;
+  if (config_.model.placement == Placement::online) {
+    transform_online(layer, l);
+  } else {
+    start = now_seconds();
+    transform_residual(layer);
+    timing_["fuse"] += now_seconds() - start;
+  }
+  start = now_seconds();
+  QuantizedModelHooks hooks = rotate_only();
+  check_fp_.advance(c, out.fp, l);
+  check_.advance(c, layer, l, &hooks);
+  timing_["check"] += now_seconds() - start;
+  quantize_layer(layer, l);
+  out.quantized = std::move(layer);
+  return out;
+}
+
+void LayerwiseBuilder::finish() {
+  const LlamaConfig& c = source_->config();
+  if (next_ != c.n_layers)
+    throw Error(fmt::format("{}: finish() after {} of {} layers", origin(), next_, c.n_layers));
+  double start = now_seconds();
+  fp_final_norm_ = on(source_->final_norm(), device_);
+  fp_output_ = c.tied_embeddings ? fp_embedding_ : on(source_->output(), device_);
+  timing_["read"] += now_seconds() - start;
+  start = now_seconds();
+  final_norm_ = fp_final_norm_;
+  output_ = fp_output_;
+  if (fold_) fold_head_norm_gain(final_norm_, output_);  // a tied head is untied here
+  if (residual_) output_ = residual_->fuse_into(output_).contiguous();
+  head_untied_ = c.tied_embeddings && !output_.is_same(embedding_);
+  timing_["fuse"] += now_seconds() - start;
+
+  start = now_seconds();
+  QuantizedModelHooks hooks = rotate_only();
+  const at::Tensor fp_head = llama_head_input(c, fp_final_norm_, check_fp_.hidden(0));
+  const at::Tensor head = llama_head_input(c, final_norm_, check_.hidden(0), &hooks);
+  const auto [diff, ref] = logit_difference(fp_head, fp_output_, head, output_);
+  fused_logit_error_ = std::sqrt(diff) / std::sqrt(ref);
+  check_fp_ = check_ = HiddenStream();
+  timing_["check"] += now_seconds() - start;
+  if (!(fused_logit_error_ <= kMaxFusedLogitError))
     throw Error(fmt::format("the folded and fused model's logits differ from the original's by {:.3g} (relative, "
                             "before quantization; at most {:g} expected): the transform is not exact for this "
                             "method and placement",
-                            out.fused_logit_error, kMaxFusedLogitError));
-  quantize_all_weights(out.weights, hooks, quant, config.model.head_bits, in.calib_windows);
+                            fused_logit_error_, kMaxFusedLogitError));
+
+  if (config_.model.head_bits < 16) {
+    at::Tensor inputs;
+    if (data_aware_) {
+      start = now_seconds();
+      CaptureHooks capture({{-1, LinearSite::head}}, &hooks);
+      for (size_t i = 0; i < calib_q_.batches().size(); ++i) calib_q_.head_input(i, c, final_norm_, &capture);
+      inputs = capture.take().at({-1, LinearSite::head});
+      timing_["calib_forward"] += now_seconds() - start;
+    }
+    start = now_seconds();
+    output_ = quantize_linear_weight(output_, with_bits(config_.quant.weight, config_.model.head_bits), config_.quant,
+                                     inputs);
+    timing_["quantize"] += now_seconds() - start;
+  }
+  calib_ = calib_q_ = HiddenStream();
+}
+
+QuantizedModel build_quantized_model(const LlamaWeights& fp, const ModelQuantConfig& config, const BuildInputs& in) {
+  // No NoGradGuard here: training methods (cayley_sgd) need autograd inside fit; the
+  // weights never require grad, so the rewrites record no graph.
+  LayerwiseBuilder builder(weights_in_memory(fp), config, in, fp.embedding.device());
+  QuantizedModel out;
+  out.weights.config = fp.config;
+  out.weights.origin = fp.origin;
+  out.weights.embedding = builder.embedding();
+  for (int64_t l = 0; l < fp.config.n_layers; ++l) out.weights.layers.push_back(builder.next_layer().quantized);
+  builder.finish();
+  out.weights.final_norm = builder.final_norm();
+  out.weights.output = builder.output();
+  out.weights.config.tied_embeddings = out.weights.output.is_same(out.weights.embedding);
+  out.hooks = builder.hooks();
+  out.residual = builder.residual();
+  out.fused_logit_error = builder.fused_logit_error();
+  out.head_untied = builder.head_untied();
   return out;
 }
 

@@ -34,7 +34,9 @@
 #include "core/quant_config.h"
 #include "core/rotation.h"
 #include "model/capture.h"
+#include "model/layerwise.h"
 #include "model/llama.h"
+#include "model/weight_source.h"
 #include "quant/quant.h"
 
 namespace sqlab {
@@ -110,6 +112,91 @@ struct BuildInputs {
   std::map<std::string, std::map<std::string, at::Tensor>>* rotations_out = nullptr;
 };
 
+// The quantized model, built one decoder layer at a time (issue #18): the full-precision
+// weights are read from a WeightSource layer by layer and never whole; calibration hidden
+// states flow through layer l (the folded full-precision layer, capturing its sites' inputs
+// for the fit; the fused, weight-quantized one for GPTQ's sequential calibration), layer
+// l's rotations are fitted, fused and its weights quantized, and next_layer() hands back
+// both forms of the layer for the caller's evaluation streams (model/layerwise.h), which
+// advance through it before the next layer is built.
+//
+// placement residual needs the stream's statistics from every layer before Q is fitted:
+// the constructor makes that first pass (the folded full-precision model, capturing every
+// layer's attn_in and mlp_in, and the head's input when the head is quantized); model-level
+// Cayley SGD (BuildInputs::residual_trainer) instead trains Q on the whole folded model,
+// which it reads into memory (SpinQuant's training needs every layer at once).
+//
+// fused_logit_error (every run): one calibration window goes through the full-precision
+// layers and through the transformed ones with their online rotations but no quantizer;
+// finish() compares the logits and fails the run above kMaxFusedLogitError.
+class LayerwiseBuilder {
+ public:
+  LayerwiseBuilder(WeightSourcePtr source, const ModelQuantConfig& config, const BuildInputs& inputs,
+                   at::Device device = at::kCPU);
+
+  const LlamaConfig& config() const { return source_->config(); }
+  const std::string& origin() const { return source_->origin(); }
+  // The full-precision embedding and the transformed one (E Q in the residual placement;
+  // the same tensor otherwise).
+  const at::Tensor& fp_embedding() const { return fp_embedding_; }
+  const at::Tensor& embedding() const { return embedding_; }
+
+  struct Layer {
+    LlamaLayer fp;         // as the checkpoint has it
+    LlamaLayer quantized;  // folded, fused, weight-quantized: run it with hooks()
+  };
+  // Layer `layers_done()` (in order; throws past the last).
+  Layer next_layer();
+  int64_t layers_done() const { return next_; }
+
+  // After the last layer: the heads, the fused-model check (throws above
+  // kMaxFusedLogitError), the head's weight quantization.
+  void finish();
+  const at::Tensor& fp_final_norm() const { return fp_final_norm_; }
+  const at::Tensor& fp_output() const { return fp_output_; }
+  const at::Tensor& final_norm() const { return final_norm_; }
+  const at::Tensor& output() const { return output_; }
+  double fused_logit_error() const { return fused_logit_error_; }
+  bool head_untied() const { return head_untied_; }
+  std::shared_ptr<QuantizedModelHooks> hooks() const { return hooks_; }
+  std::shared_ptr<const Rotation> residual() const { return residual_; }
+
+  // Seconds per stage so far (disjoint): read (weights from the checkpoint), calib_forward
+  // (calibration hidden states through the layers, captures included), fit, fuse, quantize,
+  // check (the fused-model check's window).
+  const std::map<std::string, double>& timing() const { return timing_; }
+
+ private:
+  QuantizedModelHooks rotate_only() const;  // the hooks without the activation quantizer
+  LlamaLayer read_layer(int64_t index);
+  void fit_residual_first_pass();
+  void train_residual();
+  void transform_online(LlamaLayer& layer, int64_t index);
+  void transform_residual(LlamaLayer& layer) const;
+  void quantize_layer(LlamaLayer& layer, int64_t index);
+
+  WeightSourcePtr source_;
+  ModelQuantConfig config_;
+  BuildInputs in_;
+  at::Device device_;
+  bool fold_ = true;
+  bool data_aware_ = false;  // GPTQ: calib_q_ is kept
+  int64_t next_ = 0;
+  at::Tensor fp_embedding_, embedding_, fp_final_norm_, fp_output_, final_norm_, output_;
+  std::shared_ptr<QuantizedModelHooks> hooks_;
+  std::shared_ptr<const Rotation> residual_, value_head_;
+  HiddenStream calib_;      // online: through the folded full-precision layers (the fit's inputs)
+  HiddenStream calib_q_;    // GPTQ: through the transformed, weight-quantized layers, activations unquantized
+  HiddenStream check_fp_;   // one window through the full-precision layers
+  HiddenStream check_;      // the same window through the transformed layers (rotations, no quantizer)
+  double fused_logit_error_ = 0.0;
+  bool head_untied_ = false;
+  std::map<std::string, double> timing_;
+};
+
+// The whole quantized model in memory (LayerwiseBuilder's layers collected): for text
+// generation, model-level Cayley SGD's tests, and zero-shot scoring, which read a model
+// many times over.
 QuantizedModel build_quantized_model(const LlamaWeights& fp, const ModelQuantConfig& config,
                                      const BuildInputs& inputs);
 

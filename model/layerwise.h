@@ -1,0 +1,73 @@
+// The layer-by-layer pipeline's evaluation side (issue #18): rows of tokens whose hidden
+// states go through a model one decoder layer at a time, so that a model never has to be
+// whole in memory (the quantized model is built a layer at a time by
+// model/quantized_model.h's LayerwiseBuilder, and each layer is dropped once every
+// stream has passed it), and a head that scores chosen positions a chunk of tokens at a
+// time, so that no (rows x tokens x vocab) tensor is ever whole.
+//
+// Perplexity (model/perplexity.h) and the zero-shot log-likelihoods (model/loglikelihood.h)
+// are both "the log-probability of the next token at some positions of some rows": a
+// TokenBatch says which; ScoredTokens is the answer.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace sqlab {
+
+struct TokenBatch {
+  at::Tensor tokens;             // B x T int64 (rows padded on the right where lengths differ)
+  std::vector<int64_t> select;   // flat positions b * T + t whose next token is scored
+  std::vector<int64_t> targets;  // the token expected after each selected position
+};
+
+struct ScoredTokens {
+  std::vector<double> logprob;  // log p(target | tokens up to the position), float64 log-softmax
+  std::vector<bool> greedy;     // target is the argmax there
+};
+
+// Positions of the head's log-softmax per chunk: 512 x vocab float64 (200 MB at 49152).
+constexpr int64_t kHeadChunkTokens = 512;
+
+// The selected positions of `head_input` (B x T x dim: llama_head_input's output) through
+// the head `output` (vocab x dim), log-softmax in float64, kHeadChunkTokens at a time.
+ScoredTokens score_positions(const at::Tensor& head_input, const TokenBatch& batch, const at::Tensor& output,
+                             int64_t chunk = kHeadChunkTokens);
+
+// The hidden states of a list of batches, advanced one layer at a time. Held in memory,
+// in the compute dtype (float32): a 7B model's 4 windows of 2048 tokens take 134 MB.
+class HiddenStream {
+ public:
+  HiddenStream() = default;
+  explicit HiddenStream(std::vector<TokenBatch> batches) : batches_(std::move(batches)) {}
+
+  const std::vector<TokenBatch>& batches() const { return batches_; }
+  bool empty() const { return batches_.empty(); }
+  // Rows x tokens x dim x 4 bytes once embedded.
+  int64_t hidden_bytes() const;
+
+  void embed(const LlamaConfig& config, const at::Tensor& embedding, const std::string& origin);
+  void advance(const LlamaConfig& config, const LlamaLayer& layer, int64_t index, ForwardHooks* hooks = nullptr);
+  // After the last layer: the final norm, the head hook, then score_positions per batch.
+  std::vector<ScoredTokens> score(const LlamaConfig& config, const at::Tensor& final_norm, const at::Tensor& output,
+                                  ForwardHooks* hooks = nullptr);
+  // Batch i's hidden states, and its head input (the final norm, then the head hook).
+  const at::Tensor& hidden(size_t i) const { return hidden_.at(i); }
+  at::Tensor head_input(size_t i, const LlamaConfig& config, const at::Tensor& final_norm,
+                        ForwardHooks* hooks = nullptr) const;
+
+ private:
+  std::vector<TokenBatch> batches_;
+  std::vector<at::Tensor> hidden_;
+};
+
+// The whole model in memory, one batch at a time (every layer per batch): the same
+// numbers as a HiddenStream through the same layers.
+std::vector<ScoredTokens> score_batches(const LlamaWeights& weights, const std::vector<TokenBatch>& batches,
+                                        ForwardHooks* hooks = nullptr);
+
+}  // namespace sqlab
