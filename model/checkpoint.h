@@ -38,6 +38,13 @@ void save_llama2c(const LlamaWeights& weights, const std::string& path, int vers
 void save_hf(const LlamaWeights& weights, const std::string& dir, const std::string& dtype = "F32",
              int shards = 1);
 
+// Any weight source written as a sharded Hugging Face checkpoint, one layer at a time (a
+// 7B model never whole in memory): whole layers per shard, about shard_bytes each,
+// model-0000K-of-0000N.safetensors files with model.safetensors.index.json, written to
+// DIR.tmp and renamed to DIR when complete.
+class WeightSource;
+void save_hf(const WeightSource& source, const std::string& dir, const std::string& dtype, int64_t shard_bytes);
+
 // A small random model for tests: norm gains 1 + N(0, 0.1^2), linear weights
 // N(0, 1/fan_in) (std 1/sqrt(fan_in)), embedding N(0, 1). Deterministic in `seed`.
 // config.check() is applied first; the output head is the embedding when

@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "core/json_nesting.h"
+#include "core/system.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/families.h"
@@ -447,15 +448,85 @@ json config_json(const LlamaConfig& c, at::ScalarType dtype) {
   return j;
 }
 
+// The tensors of decoder layer l under their Hugging Face names, in the order they are saved.
+std::vector<std::pair<std::string, at::Tensor>> layer_tensors(const LlamaLayer& L, int64_t l) {
+  std::vector<std::pair<std::string, at::Tensor>> out = {
+      {layer_name(l, "input_layernorm.weight"), L.attn_norm},
+      {layer_name(l, "self_attn.q_proj.weight"), L.wq},
+      {layer_name(l, "self_attn.k_proj.weight"), L.wk},
+      {layer_name(l, "self_attn.v_proj.weight"), L.wv},
+      {layer_name(l, "self_attn.o_proj.weight"), L.wo},
+      {layer_name(l, "post_attention_layernorm.weight"), L.mlp_norm},
+      {layer_name(l, "mlp.gate_proj.weight"), L.w_gate},
+      {layer_name(l, "mlp.up_proj.weight"), L.w_up},
+      {layer_name(l, "mlp.down_proj.weight"), L.w_down}};
+  const std::pair<const char*, const at::Tensor*> optional[] = {
+      {"self_attn.q_proj.bias", &L.bq}, {"self_attn.k_proj.bias", &L.bk},     {"self_attn.v_proj.bias", &L.bv},
+      {"self_attn.o_proj.bias", &L.bo}, {"self_attn.q_norm.weight", &L.q_norm}, {"self_attn.k_norm.weight", &L.k_norm}};
+  for (const auto& [name, t] : optional)
+    if (t->defined()) out.emplace_back(layer_name(l, name), *t);
+  return out;
+}
+
+void check_family_biases(const LlamaConfig& c, const std::string& origin) {
+  if (c.architecture == "llama" && c.attention_bias != c.output_bias)
+    fail(origin, "a LLaMA checkpoint's attention_bias covers q, k, v and o together; this model has biases on "
+                 "some of them only");
+  if (c.architecture == "qwen2" && (!c.attention_bias || c.output_bias))
+    fail(origin, "a Qwen2 checkpoint has biases on q, k and v and none on o");
+}
+
 }  // namespace
+
+void save_hf(const WeightSource& source, const std::string& dir, const std::string& dtype, int64_t shard_bytes) {
+  const std::string origin = fmt::format("Hugging Face checkpoint '{}'", dir);
+  const LlamaConfig& c = source.config();
+  check_family_biases(c, origin);
+  const at::ScalarType type = dtype_for(dtype, origin);
+  // Whole layers per shard: about shard_bytes each (the embedding rides with the first,
+  // the final norm and the head with the last).
+  const int64_t per_layer = (2 * c.dim + 2 * c.q_dim() * c.dim + 2 * c.kv_dim() * c.dim + 3 * c.dim * c.hidden_dim) *
+                            static_cast<int64_t>(at::elementSize(type));
+  const int64_t layers_per_shard = std::max<int64_t>(1, shard_bytes / std::max<int64_t>(1, per_layer));
+  const int64_t shards = (c.n_layers + layers_per_shard - 1) / layers_per_shard;
+  // Written beside the target and renamed into place: an interrupted write leaves no checkpoint.
+  const fs::path final_dir(dir), tmp_dir = fs::path(dir + ".tmp");
+  fs::remove_all(tmp_dir);
+  fs::create_directories(tmp_dir);
+  std::ofstream(tmp_dir / "config.json") << config_json(c, type).dump(2) << "\n";
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  json weight_map = json::object();
+  int64_t total_bytes = 0;
+  for (int64_t s = 0; s < shards; ++s) {
+    std::vector<std::pair<std::string, at::Tensor>> part;
+    const auto add = [&](std::string name, const at::Tensor& t) {
+      part.emplace_back(std::move(name), t.detach().cpu().to(type).contiguous());
+    };
+    if (s == 0) add("model.embed_tokens.weight", source.embedding());
+    for (int64_t l = s * layers_per_shard; l < std::min(c.n_layers, (s + 1) * layers_per_shard); ++l) {
+      throw_if_interrupted();
+      for (const auto& [name, t] : layer_tensors(source.layer(l), l)) add(name, t);
+    }
+    if (s == shards - 1) {
+      add("model.norm.weight", source.final_norm());
+      if (!c.tied_embeddings) add("lm_head.weight", source.output());
+    }
+    const std::string file = fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards);
+    for (const auto& [name, t] : part) {
+      weight_map[name] = file;
+      total_bytes += t.numel() * t.element_size();
+    }
+    write_safetensors((tmp_dir / file).string(), part, metadata);
+  }
+  const json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
+  std::ofstream(tmp_dir / kIndexFile) << index.dump(2) << "\n";
+  fs::remove_all(final_dir);
+  fs::rename(tmp_dir, final_dir);
+}
 
 void save_hf(const LlamaWeights& w, const std::string& dir, const std::string& dtype, int shards) {
   const std::string origin = fmt::format("Hugging Face checkpoint '{}'", dir);
-  if (w.config.architecture == "llama" && w.config.attention_bias != w.config.output_bias)
-    fail(origin, "a LLaMA checkpoint's attention_bias covers q, k, v and o together; this model has biases on "
-                 "some of them only");
-  if (w.config.architecture == "qwen2" && (!w.config.attention_bias || w.config.output_bias))
-    fail(origin, "a Qwen2 checkpoint has biases on q, k and v and none on o");
+  check_family_biases(w.config, origin);
   const at::ScalarType type = dtype_for(dtype, origin);
   check_weights_shapes(w, origin);
   std::vector<std::pair<std::string, at::Tensor>> tensors;
@@ -463,24 +534,8 @@ void save_hf(const LlamaWeights& w, const std::string& dir, const std::string& d
     tensors.emplace_back(std::move(name), t.detach().cpu().to(type).contiguous());
   };
   add("model.embed_tokens.weight", w.embedding);
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    const LlamaLayer& L = w.layers[l];
-    add(layer_name(l, "input_layernorm.weight"), L.attn_norm);
-    add(layer_name(l, "self_attn.q_proj.weight"), L.wq);
-    add(layer_name(l, "self_attn.k_proj.weight"), L.wk);
-    add(layer_name(l, "self_attn.v_proj.weight"), L.wv);
-    add(layer_name(l, "self_attn.o_proj.weight"), L.wo);
-    add(layer_name(l, "post_attention_layernorm.weight"), L.mlp_norm);
-    add(layer_name(l, "mlp.gate_proj.weight"), L.w_gate);
-    add(layer_name(l, "mlp.up_proj.weight"), L.w_up);
-    add(layer_name(l, "mlp.down_proj.weight"), L.w_down);
-    const std::pair<const char*, const at::Tensor*> optional[] = {
-        {"self_attn.q_proj.bias", &L.bq},    {"self_attn.k_proj.bias", &L.bk},   {"self_attn.v_proj.bias", &L.bv},
-        {"self_attn.o_proj.bias", &L.bo},    {"self_attn.q_norm.weight", &L.q_norm},
-        {"self_attn.k_norm.weight", &L.k_norm}};
-    for (const auto& [name, t] : optional)
-      if (t->defined()) add(layer_name(l, name), *t);
-  }
+  for (size_t l = 0; l < w.layers.size(); ++l)
+    for (const auto& [name, t] : layer_tensors(w.layers[l], static_cast<int64_t>(l))) add(name, t);
   add("model.norm.weight", w.final_norm);
   if (!w.config.tied_embeddings) add("lm_head.weight", w.output);
   if (shards < 1 || shards > static_cast<int>(tensors.size()))

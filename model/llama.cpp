@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <vector>
 
 namespace sqlab {
 
@@ -113,6 +114,21 @@ at::Tensor hook(ForwardHooks* hooks, int64_t layer, LinearSite site, const at::T
 
 }  // namespace
 
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& future,
+                            double scale, int64_t max_score_bytes) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2);
+  const int64_t per_head = std::max<int64_t>(1, B * T * T * static_cast<int64_t>(q.element_size()));
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(H, max_score_bytes / per_head));
+  std::vector<at::Tensor> parts;
+  for (int64_t h = 0; h < H; h += group) {
+    const int64_t n = std::min(group, H - h);
+    at::Tensor scores = at::matmul(q.narrow(1, h, n), k.narrow(1, h, n).transpose(-2, -1)) * scale;
+    scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+    parts.push_back(at::matmul(at::softmax(scores, -1), v.narrow(1, h, n)));
+  }
+  return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
+}
+
 at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens, ForwardHooks* hooks) {
   return at::linear(llama_hidden(weights, tokens, hooks), weights.output);
 }
@@ -175,9 +191,7 @@ at::Tensor llama_layer(const LlamaConfig& c, const LlamaLayer& layer, int64_t l,
     k = k.repeat_interleave(H / KV, 1);
     v = v.repeat_interleave(H / KV, 1);
   }
-  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * scale;  // B x H x T x T
-  scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-  at::Tensor attn = at::matmul(at::softmax(scores, -1), v);        // B x H x T x hd
+  at::Tensor attn = causal_attention(q, k, v, future, scale);  // B x H x T x hd
   attn = attn.transpose(1, 2).reshape({B, T, H * hd});
   attn = hook(hooks, l, LinearSite::attn_out, attn);
   x = x + linear(attn, layer.wo, layer.bo);

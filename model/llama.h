@@ -127,6 +127,14 @@ at::Tensor llama_hidden(const LlamaWeights& weights, const at::Tensor& tokens, F
 // attention limits (sliding window, dynamic rope), naming `origin`.
 at::Tensor llama_embed(const LlamaConfig& config, const at::Tensor& embedding, const at::Tensor& tokens,
                        const std::string& origin);
+// softmax(q k^T * scale + causal mask) v for q, k, v of B x H x T x hd (`future`: T x T,
+// true above the diagonal), a group of heads at a time so that the B x heads x T x T scores
+// (three copies: product, masked, softmax) stay under max_score_bytes: LLaMA-2-7B's 32 heads
+// at T = 2048 would hold 0.5 GB per copy. Each head is computed as it would be alone.
+constexpr int64_t kAttentionScoreBytes = 128ll << 20;
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& future,
+                            double scale, int64_t max_score_bytes = kAttentionScoreBytes);
+
 // Decoder layer `index` on B x T x dim hidden states (positions 0..T-1, causal).
 at::Tensor llama_layer(const LlamaConfig& config, const LlamaLayer& layer, int64_t index, const at::Tensor& x,
                        ForwardHooks* hooks = nullptr);

@@ -45,6 +45,7 @@ struct EvalSettings {
   std::string tasks_dir;
   int64_t limit = 0;  // 0: every example
   int64_t num_fewshot = 0;
+  bool gemm_reference = false;  // time a plain GEMM of the model's shapes next to the evaluation
 };
 
 // One task's spec and requests, built once per experiment.
@@ -102,6 +103,57 @@ class LayerProgress {
   bool drawn_ = false;
 };
 
+// model.generate: {shape, dtype, seed, shard_gb}: a random checkpoint of a published shape
+// (model/weight_source.h generated_shape) written once to model.path as a sharded Hugging
+// Face directory, one layer at a time; an existing model.path is used as it is.
+void generate_checkpoint(ConfigReader& m) {
+  ConfigReader g = m.child("generate");
+  const std::vector<std::string> names = generated_shape_names();
+  const std::string shape = g.choice("shape", "", names);
+  const std::string dtype = g.choice("dtype", "BF16", {"F32", "F16", "BF16"});
+  const uint64_t seed = g.get<uint64_t>("seed", 0);
+  const double shard_gb = g.get<double>("shard_gb", 2.0);
+  if (!(shard_gb > 0)) g.fail("shard_gb", "must be positive");
+  g.finish();
+  if (shape.empty()) g.fail("shape", fmt::format("required: one of {}", fmt::join(names, ", ")));
+  const std::string path = expand_path_variables(m.require<std::string>("path"));
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec)) return;
+  fmt::print(stderr, "generating a random {} checkpoint ({}, seed {}) into {} (once)\n", shape, dtype, seed, path);
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  save_hf(*random_weights(*generated_shape(shape), seed), path, dtype, static_cast<int64_t>(shard_gb * (1ull << 30)));
+}
+
+// Floating-point operations of the evaluation forward through the decoder layers: every
+// linear (2 x parameters per token) and the two attention products (QK^T and AV, T x T per
+// head, computed whole).
+double forward_flops(const LlamaConfig& c, int64_t rows, int64_t tokens_per_row) {
+  const double T = static_cast<double>(tokens_per_row);
+  const double linear = static_cast<double>(c.dim * (c.q_dim() + 2 * c.kv_dim()) + c.q_dim() * c.dim +
+                                            3 * c.dim * c.hidden_dim);
+  const double per_row = 2.0 * T * linear + 4.0 * T * T * static_cast<double>(c.q_dim());
+  return per_row * static_cast<double>(rows) * static_cast<double>(c.n_layers);
+}
+
+// GFLOP/s of a plain float32 GEMM of the model's MLP shape (2048 tokens x dim times
+// hidden_dim x dim), repeated for at least half a second: the machine's reference, measured
+// in the same run because shared machines are noisy.
+double reference_gemm_gflops(const LlamaConfig& c, at::Device device) {
+  at::NoGradGuard no_grad;
+  const at::Tensor x = at::randn({2048, c.dim}, at::TensorOptions().device(device));
+  const at::Tensor w = at::randn({c.hidden_dim, c.dim}, at::TensorOptions().device(device));
+  at::linear(x, w);  // warm-up
+  int64_t calls = 0;
+  const double start = now_seconds();
+  double elapsed = 0.0;
+  while (elapsed < 0.5) {
+    at::linear(x, w).sum().item<float>();
+    ++calls;
+    elapsed = now_seconds() - start;
+  }
+  return 2.0 * 2048.0 * static_cast<double>(c.dim * c.hidden_dim) * static_cast<double>(calls) / elapsed / 1e9;
+}
+
 int64_t non_negative(ConfigReader& r, const std::string& key, int64_t fallback) {
   const int64_t v = r.get<int64_t>(key, fallback);
   if (v < 0) r.fail(key, "must be >= 0");
@@ -147,6 +199,7 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   plan->method_node = run.config["method"];
   plan->method_path = "methods." + run.label;
   ConfigReader m(run.config["model"], ex.file, "model", run.sources);
+  if (m.has("generate")) generate_checkpoint(m);
   plan->model.path = m.existing_path("path");
   plan->model.format = m.choice("format", "auto", {"auto", "hf", "llama2c", "gguf"});
   plan->model.tokenizer = m.existing_path("tokenizer", false);
@@ -179,6 +232,7 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   plan->eval.max_tokens = non_negative(e, "max_tokens", 0);
   plan->eval.bos = e.get<bool>("bos", true);
   plan->eval.batch = e.get<int64_t>("batch", 8);
+  plan->eval.gemm_reference = e.get<bool>("gemm_reference", false);
   plan->eval.documents.documents = non_negative(e, "documents", 0);
   plan->eval.documents.join = e.get<std::string>("join", plan->eval.documents.join);
   if (plan->eval.batch < 1) e.fail("batch", "must be positive");
@@ -422,6 +476,8 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   timed("eval_fp", [&] { eval_fp.embed(config, builder.fp_embedding(), weights->origin()); });
   const bool keep_layers = !plan.eval.tasks.empty();
   LlamaWeights kept;
+  if (keep_layers) kept.embedding = builder.embedding();
+  builder.release_embeddings();
   const int64_t tokens_per_layer = calib.numel() * (plan.quant.quant.w_quantizer == WeightQuantizer::rtn ? 1 : 3) +
                                    eval_count * (need_fp ? 2 : 1);
   LayerProgress progress(p.spec->run_id, config.n_layers, tokens_per_layer);
@@ -459,7 +515,6 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
     kept.config = config;
     kept.config.tied_embeddings = !builder.head_untied() && config.tied_embeddings;
     kept.origin = weights->origin();
-    kept.embedding = builder.embedding();
     kept.final_norm = builder.final_norm();
     kept.output = kept.config.tied_embeddings ? kept.embedding : builder.output();
   }
@@ -522,6 +577,15 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
       "evaluation hidden states carried through each layer in turn; head and log-softmax {} tokens at a time",
       weights->origin(), device.str(), kHeadChunkTokens);
   record.metrics["peak_rss_mib"] = peak_rss_mib();
+  if (has_text) {
+    const double flops = forward_flops(config, windows, seq_len);
+    record.metrics["eval_forward_gflops"] = flops / std::max(1e-9, stage["eval_forward"]) / 1e9;
+    if (plan.eval.gemm_reference) {
+      const double gemm = reference_gemm_gflops(config, device);
+      record.metrics["gemm_gflops"] = gemm;
+      record.metrics["eval_forward_gemm_ratio"] = record.metrics["eval_forward_gflops"] / gemm;
+    }
+  }
   warnings.store(record);
   // Disjoint stages: load (texts, tokens, windows); the quantization pass's read (weights
   // from the checkpoint), calib_forward, fit, fuse, quantize, check (the fused-model check);

@@ -90,6 +90,8 @@ RotationPtr fit_site(const BuildInputs& in, const QuantConfig& quant, const std:
   return r;
 }
 
+constexpr int64_t kCheckTokens = 256;
+
 const LinearSite kLayerSites[] = {LinearSite::attn_in, LinearSite::attn_out, LinearSite::mlp_in, LinearSite::mlp_out};
 
 // The calibration windows as batches of 8 rows (the batch capture_site_inputs used).
@@ -163,7 +165,10 @@ LayerwiseBuilder::LayerwiseBuilder(WeightSourcePtr source, const ModelQuantConfi
   }
 
   start = now_seconds();
-  const at::Tensor first_window = in_.calib_windows.narrow(0, 0, 1);
+  // The check's window: the first kCheckTokens tokens of the first calibration window (an
+  // exact identity; causal attention makes a prefix a complete input of its own).
+  const at::Tensor first_window =
+      in_.calib_windows.narrow(0, 0, 1).narrow(1, 0, std::min(kCheckTokens, in_.calib_windows.size(1)));
   check_fp_ = HiddenStream({TokenBatch{first_window, {}, {}}});
   check_ = HiddenStream({TokenBatch{first_window, {}, {}}});
   check_fp_.embed(c, fp_embedding_, origin());
@@ -334,6 +339,10 @@ void LayerwiseBuilder::quantize_layer(LlamaLayer& layer, int64_t l) {
   }
 }
 
+void LayerwiseBuilder::release_embeddings() {
+  fp_embedding_ = embedding_ = at::Tensor();
+}
+
 LayerwiseBuilder::Layer LayerwiseBuilder::next_layer() {
   const LlamaConfig& c = source_->config();
   if (next_ >= c.n_layers) throw Error(fmt::format("{}: every layer of {} is built", origin(), c.n_layers));
@@ -368,14 +377,17 @@ void LayerwiseBuilder::finish() {
     throw Error(fmt::format("{}: finish() after {} of {} layers", origin(), next_, c.n_layers));
   double start = now_seconds();
   fp_final_norm_ = on(source_->final_norm(), device_);
-  fp_output_ = c.tied_embeddings ? fp_embedding_ : on(source_->output(), device_);
+  if (!c.tied_embeddings)
+    fp_output_ = on(source_->output(), device_);
+  else
+    fp_output_ = fp_embedding_.defined() ? fp_embedding_ : on(source_->embedding(), device_);
   timing_["read"] += now_seconds() - start;
   start = now_seconds();
   final_norm_ = fp_final_norm_;
   output_ = fp_output_;
   if (fold_) fold_head_norm_gain(final_norm_, output_);  // a tied head is untied here
   if (residual_) output_ = residual_->fuse_into(output_).contiguous();
-  head_untied_ = c.tied_embeddings && !output_.is_same(embedding_);
+  head_untied_ = c.tied_embeddings && !output_.is_same(fp_output_);  // folded or rotated: a tensor of its own
   timing_["fuse"] += now_seconds() - start;
 
   start = now_seconds();

@@ -141,6 +141,10 @@ class LayerwiseBuilder {
   const at::Tensor& fp_embedding() const { return fp_embedding_; }
   const at::Tensor& embedding() const { return embedding_; }
 
+  // Drops both embeddings (1 GB for LLaMA-2-7B) once the caller's streams are embedded;
+  // a tied head is read again at finish().
+  void release_embeddings();
+
   struct Layer {
     LlamaLayer fp;         // as the checkpoint has it
     LlamaLayer quantized;  // folded, fused, weight-quantized: run it with hooks()

@@ -42,6 +42,17 @@ WeightSourcePtr open_gguf_weights(const std::string& path);
 // changes a tensor in place).
 WeightSourcePtr weights_in_memory(LlamaWeights weights);
 
+// Random weights of `config`'s shape, each tensor drawn on request from its own stream
+// (seeded by `seed` and the tensor's name: the same values whenever it is asked for) with
+// random_llama's distributions: linear weights N(0, 1/fan_in), norm gains 1 + N(0, 0.1^2),
+// embedding N(0, 1). What `model.generate` writes (with save_hf) for the scale benchmarks.
+WeightSourcePtr random_weights(const LlamaConfig& config, uint64_t seed);
+
+// The shapes model.generate knows (LLaMA-2 7B/13B/70B, LLaMA-3-8B, TinyLlama-1.1B), by
+// lower-case name, e.g. "llama-2-7b"; nullptr for another name.
+const LlamaConfig* generated_shape(const std::string& name);
+std::vector<std::string> generated_shape_names();
+
 // Every tensor read (the head tied to the embedding when the config says so): what
 // load_checkpoint returns.
 LlamaWeights read_all_weights(const WeightSource& source);

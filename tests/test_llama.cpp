@@ -150,6 +150,19 @@ TEST(LlamaForward, TiedHeadEqualsSeparateCopyAndBatchesAreIndependent) {
   EXPECT_LT(rel_error(llama_forward(tied, tokens.narrow(1, 0, 4)), a.narrow(1, 0, 4)), 1e-5);
 }
 
+TEST(LlamaForward, AttentionByGroupsOfHeadsEqualsAllHeadsAtOnce) {
+  at::Generator g = make_generator(4, "attention/groups");
+  const at::Tensor q = at::randn({2, 6, 10, 4}, g), k = at::randn({2, 6, 10, 4}, g), v = at::randn({2, 6, 10, 4}, g);
+  const at::Tensor future = at::ones({10, 10}, at::kBool).triu(1);
+  const at::Tensor scores = (at::matmul(q, k.transpose(-2, -1)) * 0.5).masked_fill(future, -INFINITY);
+  const at::Tensor expected = at::matmul(at::softmax(scores, -1), v);
+  const int64_t one_head = 2 * 10 * 10 * 4;  // bytes of one head's scores
+  for (int64_t budget : {int64_t{1}, one_head, 2 * one_head, 5 * one_head, int64_t{1} << 30}) {
+    const at::Tensor got = causal_attention(q, k, v, future, 0.5, budget);
+    EXPECT_LT((got - expected).abs().max().item<double>(), 1e-6) << "budget " << budget;
+  }
+}
+
 TEST(LlamaForward, HooksSeeEverySiteAndCanReplaceInputs) {
   const LlamaWeights w = random_llama(tiny_config(4, 2, false), 1);
   const at::Tensor tokens = at::randint(37, {2, 6}, at::kLong);
