@@ -351,6 +351,7 @@ RunnerResult run_experiment(const Experiment& ex, const Registries& registries, 
   const fs::path out(options.out_dir);
   if (options.worker_count == 1) prepare_directory(ex, out);  // a --jobs worker's parent did it
   const fs::path summaries = options.summary_dir.empty() ? out : fs::path(options.summary_dir);
+  for (PreparedRun& p : prepared) p.results_dir = out.string();
 
   RunnerResult result;
   Progress progress(prepared.size(), options.progress);

@@ -40,6 +40,9 @@ struct PreparedRun {
   std::string data_key;  // equal keys load equal data (cache)
   // Model-level run (the experiment has `model:`): its plan; no dataset then.
   std::shared_ptr<const ModelRunPlan> model;
+  // The results directory (set by run_experiment): model-level runs keep their
+  // full-precision numbers under cache/ there, for --resume and later runs.
+  std::string results_dir;
 };
 
 // Reads the run's configuration through the registries; config errors name the

@@ -6,7 +6,10 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <optional>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "core/config.h"
 #include "core/error.h"
@@ -152,6 +155,45 @@ double reference_gemm_gflops(const LlamaConfig& c, at::Device device) {
     elapsed = now_seconds() - start;
   }
   return 2.0 * 2048.0 * static_cast<double>(c.dim * c.hidden_dim) * static_cast<double>(calls) / elapsed / 1e9;
+}
+
+// The full-precision perplexity of a model and protocol, kept in
+// RESULTS/cache/ppl_fp/SHA256(key).json (the key inside, checked on reading): --resume and
+// later runs in the same directory skip its forward pass. Doubles round-trip exactly.
+std::string fp_cache_path(const std::string& results_dir, const std::string& key) {
+  return (std::filesystem::path(results_dir) / "cache" / "ppl_fp" / (sha256_hex(key) + ".json")).string();
+}
+
+std::optional<PerplexityResult> read_fp_cache(const std::string& results_dir, const std::string& key) {
+  if (results_dir.empty()) return std::nullopt;
+  std::ifstream in(fp_cache_path(results_dir, key));
+  if (!in) return std::nullopt;
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || j.value("key", "") != key) return std::nullopt;  // another protocol, or damaged
+  try {
+    PerplexityResult r;
+    r.ppl = j.at("ppl").get<double>();
+    r.nll_sum = j.at("nll_sum").get<double>();
+    r.nll_mean = j.at("nll_mean").get<double>();
+    r.tokens_scored = j.at("tokens_scored").get<int64_t>();
+    r.windows = j.at("windows").get<int64_t>();
+    r.seq_len = j.at("seq_len").get<int64_t>();
+    r.stride = j.at("stride").get<int64_t>();
+    return r;
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
+  }
+}
+
+void write_fp_cache(const std::string& results_dir, const std::string& key, const PerplexityResult& r) {
+  if (results_dir.empty()) return;
+  const std::string path = fp_cache_path(results_dir, key);
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  const nlohmann::json j = {{"key", key},         {"ppl", r.ppl},
+                            {"nll_sum", r.nll_sum}, {"nll_mean", r.nll_mean},
+                            {"tokens_scored", r.tokens_scored}, {"windows", r.windows},
+                            {"seq_len", r.seq_len}, {"stride", r.stride}};
+  write_file_atomic(path, j.dump(1) + "\n");
 }
 
 int64_t non_negative(ConfigReader& r, const std::string& key, int64_t fallback) {
@@ -303,10 +345,15 @@ const std::vector<int64_t>& ModelBackend::tokens(const Plan& plan, const std::st
 
 std::string ModelBackend::fp_key(const Plan& plan, const at::Tensor& eval_tokens, int64_t seq_len,
                                  int64_t stride) const {
+  // The files' modification times: a checkpoint or text rewritten in place is not the cached one.
+  const auto modified = [](const std::string& path) {
+    std::error_code ec;
+    return static_cast<int64_t>(std::filesystem::last_write_time(path, ec).time_since_epoch().count());
+  };
   return fmt::format("{}#{}#{}#{}#{}#{}#{}", plan.model.path, plan.model.format, plan.model.tokenizer, plan.eval.text,
                      eval_tokens.numel(), seq_len, stride) +
-         fmt::format("#{}#{}#{}#{}", plan.eval.bos, plan.eval.documents.documents, plan.eval.documents.join,
-                     plan.eval.batch);
+         fmt::format("#{}#{}#{}#{}#{}", plan.eval.bos, plan.eval.documents.documents, plan.eval.documents.join,
+                     modified(plan.model.path), modified(plan.eval.text));
 }
 
 void ModelBackend::validate(const ModelRunPlan& base, const RotationMethod& method) const {
@@ -425,6 +472,8 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   // The full-precision perplexity: once per model and protocol, in the same pass as the
   // first run that needs it; cached for the others.
   const std::string fp_cache = has_text ? fp_key(plan, eval_tokens, seq_len, stride) : std::string();
+  if (has_text && !fp_.count(fp_cache))
+    if (const std::optional<PerplexityResult> cached = read_fp_cache(p.results_dir, fp_cache)) fp_[fp_cache] = *cached;
   const bool need_fp = has_text && !fp_.count(fp_cache);
   const std::vector<TokenBatch> batches =
       has_text ? perplexity_batches(eval_tokens, seq_len, stride, plan.eval.batch) : std::vector<TokenBatch>{};
@@ -501,6 +550,7 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
     timed("eval_fp", [&] {
       fp_[fp_cache] = perplexity_result(eval_fp.score(config, builder.fp_final_norm(), builder.fp_output()), seq_len,
                                         stride, windows);
+      write_fp_cache(p.results_dir, fp_cache, fp_[fp_cache]);
     });
   static const PerplexityResult kNoPerplexity;
   const PerplexityResult& fp_ppl = has_text ? fp_.at(fp_cache) : kNoPerplexity;

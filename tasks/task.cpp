@@ -25,14 +25,6 @@ std::string file_bytes(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-std::string sha256_hex(const std::string& bytes) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
-  std::string hex;
-  for (unsigned char b : digest) hex += fmt::format("{:02x}", b);
-  return hex;
-}
-
 std::vector<std::string> string_list(ConfigReader& r, const std::string& key, bool required) {
   const YAML::Node node = r.raw(key);
   if (!node) {
@@ -71,6 +63,14 @@ GoldRule read_gold(ConfigReader& r) {
 }
 
 }  // namespace
+
+std::string sha256_hex(const std::string& bytes) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
+  std::string hex;
+  for (unsigned char b : digest) hex += fmt::format("{:02x}", b);
+  return hex;
+}
 
 TaskSpec load_task_spec(const std::string& path) {
   TaskSpec s;

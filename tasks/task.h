@@ -92,4 +92,7 @@ struct TaskScores {
 TaskScores score_task(const TaskSpec& spec, const TaskRequests& requests,
                       const std::vector<LoglikelihoodResult>& results);
 
+// Lower-case hex SHA-256 of `bytes` (spec checksums; cache keys).
+std::string sha256_hex(const std::string& bytes);
+
 }  // namespace sqlab

@@ -272,3 +272,46 @@ TEST(Layerwise, BuildingHoldsAboutOneLayerNotTheModel) {
 
 }  // namespace
 }  // namespace sqlab
+
+namespace sqlab {
+namespace {
+
+// Through the binary: a model-level run records the pipeline's stages, peak memory and FLOP
+// rates, and keeps the full-precision perplexity in RESULTS/cache/ppl_fp; a later run in the
+// same directory reads it from there (shown by planting another value in the file).
+TEST(LayerwiseCli, FullPrecisionPerplexityIsCachedInTheResultsDirectory) {
+  testing::TempDir dir;
+  LlamaConfig c = small_config();
+  save_hf(random_llama(c, 11), dir.file("hf"), "BF16", 2);
+  std::string ids;
+  const at::Tensor t = at::randint(60, {300}, make_generator(3, "cli/ids"), at::kLong);
+  for (int64_t i = 0; i < t.numel(); ++i) ids += std::to_string(t[i].item<int64_t>()) + " ";
+  testing::write_text(dir.file("eval.ids"), ids);
+  testing::write_text(dir.file("e.yaml"), R"(name: m
+seeds: [0]
+model: {path: hf}
+eval: {text: eval.ids, max_tokens: 200, gemm_reference: true}
+calib: {tokens: 64}
+quant: {w_bits: 4, a_bits: 4}
+methods: [{label: had, method: hadamard}]
+)");
+  const testing::CliResult first = testing::run_cli(dir.path(), "run e.yaml --out out --json", "SQLAB_THREADS=1");
+  ASSERT_EQ(first.code, 0) << first.err;
+  for (const char* metric : {"peak_rss_mib", "eval_forward_gflops", "gemm_gflops", "eval_forward_gemm_ratio"})
+    EXPECT_NE(first.out.find(metric), std::string::npos) << metric;
+  std::vector<std::filesystem::path> cached;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.file("out/cache/ppl_fp"))) cached.push_back(entry.path());
+  ASSERT_EQ(cached.size(), 1u);
+  std::string json = testing::read_text(cached[0].string());
+  const size_t at = json.find("\"ppl\": ");
+  ASSERT_NE(at, std::string::npos) << json;
+  json.replace(at, json.find(',', at) - at, "\"ppl\": 12345.5");
+  testing::write_text(cached[0].string(), json);
+  const testing::CliResult second =
+      testing::run_cli(dir.path(), "run e.yaml --out out --json --set 'methods=[{label: had2, method: hadamard}]'", "SQLAB_THREADS=1");
+  ASSERT_EQ(second.code, 0) << second.err;
+  EXPECT_NE(second.out.find("12345.5"), std::string::npos) << second.out;
+}
+
+}  // namespace
+}  // namespace sqlab
