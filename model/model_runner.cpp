@@ -13,6 +13,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/progress.h"
 #include "core/experiment.h"
 #include "core/record_fit_log.h"
 #include "core/run_record.h"
@@ -74,37 +75,6 @@ struct Plan : ModelRunPlan {
   std::shared_ptr<const SourceMap> sources;
 };
 
-
-// Layer i/N, tokens per second and the time left of a run's pass over the layers, on a
-// terminal only (one line, rewritten; nothing when stderr is not a terminal).
-class LayerProgress {
- public:
-  LayerProgress(std::string run, int64_t layers, int64_t tokens_per_layer)
-      : run_(std::move(run)), layers_(layers), tokens_(tokens_per_layer), enabled_(stderr_is_terminal()),
-        start_(now_seconds()) {}
-  ~LayerProgress() { finish(); }
-
-  void layer_done(int64_t done) {
-    if (!enabled_) return;
-    const double elapsed = now_seconds() - start_;
-    const double rate = elapsed > 0 ? static_cast<double>(tokens_ * done) / elapsed : 0.0;
-    const double left = elapsed / static_cast<double>(done) * static_cast<double>(layers_ - done);
-    fmt::print(stderr, "\r\033[K{}: layer {}/{}, {:.0f} tokens/s, {:.0f} s left", run_, done, layers_, rate, left);
-    std::fflush(stderr);
-    drawn_ = true;
-  }
-  void finish() {
-    if (drawn_) fmt::print(stderr, "\r\033[K");
-    drawn_ = false;
-  }
-
- private:
-  std::string run_;
-  int64_t layers_, tokens_;
-  bool enabled_;
-  double start_;
-  bool drawn_ = false;
-};
 
 // model.generate: {shape, dtype, seed, shard_gb}: a random checkpoint of a published shape
 // (model/weight_source.h generated_shape) written once to model.path as a sharded Hugging
@@ -529,13 +499,16 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   builder.release_embeddings();
   const int64_t tokens_per_layer = calib.numel() * (plan.quant.quant.w_quantizer == WeightQuantizer::rtn ? 1 : 3) +
                                    eval_count * (need_fp ? 2 : 1);
-  LayerProgress progress(p.spec->run_id, config.n_layers, tokens_per_layer);
+  // On a terminal: layer i/N, elapsed, time left, tokens per second (core/progress.h).
+  Progress progress(static_cast<size_t>(config.n_layers), stderr_is_terminal());
+  const double pass_start = now_seconds();
   for (int64_t l = 0; l < config.n_layers; ++l) {
     LayerwiseBuilder::Layer layer = builder.next_layer();
     timed("eval_fp", [&] { eval_fp.advance(config, layer.fp, l); });
     timed("eval_forward", [&] { eval_q.advance(config, layer.quantized, l, hooks); });
     if (keep_layers) kept.layers.push_back(std::move(layer.quantized));
-    progress.layer_done(l + 1);
+    const double rate = static_cast<double>(tokens_per_layer * (l + 1)) / std::max(1e-9, now_seconds() - pass_start);
+    progress.update(static_cast<size_t>(l + 1), fmt::format("{}: layers, {:.0f} tokens/s", p.spec->run_id, rate));
   }
   progress.finish();
   builder.finish();
