@@ -728,7 +728,9 @@ at::Tensor GgufFile::tensor(const std::string& name) const {
     fail_tensor(path_, name, fmt::format("{} cannot be dequantized (sqlab reads {})", ggml_type_text(t.type),
                                          ggml_supported_types_text()));
   at::Tensor out = at::empty(t.shape(), at::TensorOptions().dtype(at::kFloat));
-  dequantize_row(t.ggml_type(), bytes(name).first, out.data_ptr<float>(), t.numel());
+  const auto [data, size] = bytes(name);
+  dequantize_row(t.ggml_type(), data, out.data_ptr<float>(), t.numel());
+  file_.release(static_cast<size_t>(data - file_.data()), size);  // dequantized: the pages may go
   return out;
 }
 

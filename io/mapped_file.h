@@ -20,6 +20,12 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
 
+  // Done with bytes [offset, offset + length) for now: their pages leave this process's
+  // resident set (madvise MADV_DONTNEED; the kernel keeps them in its page cache and maps
+  // them again on the next read). Without it a checkpoint read layer by layer would count
+  // whole in the resident memory by its last layer. Only whole pages inside the range go.
+  void release(size_t offset, size_t length) const;
+
  private:
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;

@@ -225,6 +225,7 @@ at::Tensor SafetensorsFile::tensor(const std::string& name, at::ScalarType dtype
     if (size) std::memcpy(out.data_ptr(), data, size);
     if (dtype != d->aten) out = out.to(dtype);
   }
+  file_.release(static_cast<size_t>(data - file_.data()), size);  // copied: the pages may go
   return out;
 }
 
