@@ -43,6 +43,10 @@ class RotationMethod {
   // The model's residual site stacks every layer's reading weights (18 GB in float32 for
   // LLaMA-2-7B), which the layer-by-layer pipeline collects only for methods that read them.
   virtual bool reads_weights() const { return true; }
+  // False when fit reads only the site's width from X (data-free rotations: hadamard,
+  // identity, random_orthogonal): a site may then come with X empty (0 x n), and the model
+  // pipeline makes no calibration forward pass for the fit.
+  virtual bool reads_activations() const { return true; }
 };
 
 using MethodRegistry = Registry<RotationMethod>;

@@ -42,6 +42,12 @@ class ComposeMethod : public RotationMethod {
     return false;
   }
 
+  bool reads_activations() const override {
+    for (const Step& step : steps_)
+      if (step.method->reads_activations()) return true;
+    return false;
+  }
+
   RotationPtr fit(const FitContext& context) const override {
     Site current = context.site;
     RotationPtr chain;

@@ -40,7 +40,8 @@ class HadamardMethod : public RotationMethod {
   HadamardMethod(bool random_signs, std::string fallback, std::string where)
       : random_signs_(random_signs), fallback_(std::move(fallback)), where_(std::move(where)) {}
 
-  bool reads_weights() const override { return false; }  // X only
+  bool reads_weights() const override { return false; }
+  bool reads_activations() const override { return false; }  // the width alone
   RotationPtr fit(const FitContext& context) const override {
     const int64_t n = context.site.X.size(1);
     const std::string stream = "hadamard/" + context.site.name;

@@ -7,7 +7,8 @@ namespace {
 
 class IdentityMethod : public RotationMethod {
  public:
-  bool reads_weights() const override { return false; }  // X only
+  bool reads_weights() const override { return false; }
+  bool reads_activations() const override { return false; }  // the width alone
   RotationPtr fit(const FitContext& context) const override {
     return std::make_unique<IdentityRotation>(context.site.X.size(1));
   }

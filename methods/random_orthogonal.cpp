@@ -9,7 +9,8 @@ namespace {
 
 class RandomOrthogonalMethod : public RotationMethod {
  public:
-  bool reads_weights() const override { return false; }  // X only
+  bool reads_weights() const override { return false; }
+  bool reads_activations() const override { return false; }  // the width alone
   RotationPtr fit(const FitContext& context) const override {
     const int64_t n = context.site.X.size(1);
     at::Generator generator = make_generator(context.seed, "random_orthogonal/" + context.site.name);

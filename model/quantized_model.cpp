@@ -92,6 +92,15 @@ RotationPtr fit_site(const BuildInputs& in, const QuantConfig& quant, const std:
 
 constexpr int64_t kCheckTokens = 256;
 
+// The width of a site's input.
+int64_t site_width(const LlamaConfig& c, LinearSite site) {
+  switch (site) {
+    case LinearSite::attn_out: return c.q_dim();
+    case LinearSite::mlp_out: return c.hidden_dim;
+    default: return c.dim;
+  }
+}
+
 const LinearSite kLayerSites[] = {LinearSite::attn_in, LinearSite::attn_out, LinearSite::mlp_in, LinearSite::mlp_out};
 
 // The calibration windows as batches of 8 rows (the batch capture_site_inputs used).
@@ -175,7 +184,7 @@ LayerwiseBuilder::LayerwiseBuilder(WeightSourcePtr source, const ModelQuantConfi
   check_.embed(c, embedding_, origin());
   timing_["check"] += now_seconds() - start;
   start = now_seconds();
-  if (config_.model.placement == Placement::online) {
+  if (config_.model.placement == Placement::online && in_.method->reads_activations()) {
     calib_ = HiddenStream(calibration_batches(in_.calib_windows));
     calib_.embed(c, fp_embedding_, origin());
   }
@@ -209,23 +218,38 @@ void LayerwiseBuilder::fit_residual_first_pass() {
   const bool head_quantized = config_.model.head_bits < 16;
   const int64_t site_count = 2 * c.n_layers + (head_quantized ? 1 : 0);
   const int64_t per_site = in_.max_fit_tokens > 0 ? std::max<int64_t>(1, in_.max_fit_tokens / site_count) : 0;
-  const bool with_weights = in_.method->reads_weights();
-  std::vector<at::Tensor> xs, ws;
-  HiddenStream stream(calibration_batches(in_.calib_windows));
-  stream.embed(c, fp_embedding_, origin());
-  for (int64_t l = 0; l < c.n_layers; ++l) {
+  const bool with_x = in_.method->reads_activations(), with_weights = in_.method->reads_weights();
+  // Every site's rows, in one tensor filled in place (a list joined at the end would hold
+  // them twice: 2 x 2.1 GB for LLaMA-2-7B's 64 sites of 2048 tokens).
+  const int64_t calib_rows = in_.calib_windows.numel();
+  const int64_t rows = per_site > 0 ? std::min(per_site, calib_rows) : calib_rows;
+  at::Tensor x = at::empty({with_x ? site_count * rows : 0, c.dim}, at::TensorOptions().dtype(at::kFloat));
+  int64_t filled = 0;
+  const auto add_rows = [&](const at::Tensor& captured) {
+    x.narrow(0, filled, rows).copy_(first_rows(captured, rows));
+    filled += rows;
+  };
+  std::vector<at::Tensor> ws;
+  HiddenStream stream;
+  if (with_x) {
+    stream = HiddenStream(calibration_batches(in_.calib_windows));
+    stream.embed(c, fp_embedding_, origin());
+  }
+  for (int64_t l = 0; l < c.n_layers && (with_x || with_weights); ++l) {
     throw_if_interrupted();
     LlamaLayer layer = read_layer(l);
     double start = now_seconds();
     fold_layer_norm_gains(layer);
     timing_["fuse"] += now_seconds() - start;
-    start = now_seconds();
-    CaptureHooks capture({{l, LinearSite::attn_in}, {l, LinearSite::mlp_in}});
-    stream.advance(c, layer, l, &capture);
-    std::map<SiteKey, at::Tensor> captured = capture.take();
-    timing_["calib_forward"] += now_seconds() - start;
-    xs.push_back(first_rows(captured.at({l, LinearSite::attn_in}), per_site));
-    xs.push_back(first_rows(captured.at({l, LinearSite::mlp_in}), per_site));
+    if (with_x) {
+      start = now_seconds();
+      CaptureHooks capture({{l, LinearSite::attn_in}, {l, LinearSite::mlp_in}});
+      stream.advance(c, layer, l, &capture);
+      std::map<SiteKey, at::Tensor> captured = capture.take();
+      timing_["calib_forward"] += now_seconds() - start;
+      add_rows(captured.at({l, LinearSite::attn_in}));
+      add_rows(captured.at({l, LinearSite::mlp_in}));
+    }
     if (with_weights) {
       // The weights Q is fused into: v already carries the per-head Hadamard.
       if (value_head_) fuse_value_head_into_layer(layer, c, *value_head_);
@@ -233,17 +257,20 @@ void LayerwiseBuilder::fit_residual_first_pass() {
       ws.push_back(layer_site_weight(layer, LinearSite::mlp_in));
     }
   }
-  if (head_quantized) {
+  if (head_quantized && (with_x || with_weights)) {
     at::Tensor norm = on(source_->final_norm(), device_), head = on(source_->output(), device_);
     fold_head_norm_gain(norm, head);
-    CaptureHooks capture({{-1, LinearSite::head}});
-    for (size_t i = 0; i < stream.batches().size(); ++i) stream.head_input(i, c, norm, &capture);
-    xs.push_back(first_rows(capture.take().at({-1, LinearSite::head}), per_site));
+    if (with_x) {
+      CaptureHooks capture({{-1, LinearSite::head}});
+      for (size_t i = 0; i < stream.batches().size(); ++i) stream.head_input(i, c, norm, &capture);
+      add_rows(capture.take().at({-1, LinearSite::head}));
+    }
     if (with_weights) ws.push_back(head);
   }
+  stream = HiddenStream();
   const at::Tensor w = with_weights ? at::cat(ws, 0) : at::empty({0, c.dim}, at::kFloat);
   const double start = now_seconds();
-  RotationPtr q = fit_site(in_, config_.quant, "residual", at::cat(xs, 0), w);
+  RotationPtr q = fit_site(in_, config_.quant, "residual", x, w);
   timing_["fit"] += now_seconds() - start;
   if (!q->orthogonal())
     throw Error(fmt::format("placement residual needs an orthogonal rotation; the method gave {}", q->describe()));
@@ -280,16 +307,23 @@ void LayerwiseBuilder::train_residual() {
 void LayerwiseBuilder::transform_online(LlamaLayer& layer, int64_t l) {
   const LlamaConfig& c = source_->config();
   double start = now_seconds();
-  CaptureHooks capture({{l, LinearSite::attn_in}, {l, LinearSite::attn_out}, {l, LinearSite::mlp_in},
-                        {l, LinearSite::mlp_out}});
-  calib_.advance(c, layer, l, &capture);
-  const std::map<SiteKey, at::Tensor> captured = capture.take();
+  std::map<SiteKey, at::Tensor> captured;
+  if (in_.method->reads_activations()) {
+    CaptureHooks capture({{l, LinearSite::attn_in}, {l, LinearSite::attn_out}, {l, LinearSite::mlp_in},
+                          {l, LinearSite::mlp_out}});
+    calib_.advance(c, layer, l, &capture);
+    captured = capture.take();
+  } else {  // a data-free rotation: the sites' widths are all it reads
+    for (LinearSite site : kLayerSites) captured[{l, site}] = at::empty({0, site_width(c, site)}, at::kFloat);
+  }
   timing_["calib_forward"] += now_seconds() - start;
   for (LinearSite site : kLayerSites) {
     throw_if_interrupted();
     const SiteKey key{l, site};
     start = now_seconds();
-    RotationPtr r = fit_site(in_, config_.quant, site_key_name(key), captured.at(key), layer_site_weight(layer, site));
+    const at::Tensor w = in_.method->reads_weights() ? layer_site_weight(layer, site)
+                                                     : at::empty({0, site_width(c, site)}, at::kFloat);
+    RotationPtr r = fit_site(in_, config_.quant, site_key_name(key), captured.at(key), w);
     timing_["fit"] += now_seconds() - start;
     start = now_seconds();
     for (at::Tensor* t : layer_site_linears(layer, site)) *t = r->fuse_into(*t).contiguous();

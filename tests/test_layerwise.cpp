@@ -353,3 +353,41 @@ TEST(MappedFileRelease, ReadTensorsLeaveTheResidentSet) {
 
 }  // namespace
 }  // namespace sqlab
+
+namespace sqlab {
+namespace {
+
+// A method that says it does not read W (or X) gives the same rotation without them: the
+// pipeline passes it empty ones (the residual site's stacked weights, a data-free method's
+// calibration forward), so a wrong claim would change results silently.
+TEST(MethodNeeds, WhatAMethodSaysItDoesNotReadChangesNothing) {
+  const at::Tensor x = at::randn({64, 32}, make_generator(12, "needs/x")) * 3.0;
+  const at::Tensor w = at::randn({48, 32}, make_generator(12, "needs/w"));
+  const std::vector<std::string> methods = {
+      "{method: identity}", "{method: random_orthogonal}", "{method: hadamard}", "{method: art}", "{method: urt}",
+      "{method: singlequant}", "{method: smoothquant}", "{method: duquant, block_size: 16}",
+      "{method: cayley_sgd, steps: 2}", "{method: compose, steps: [{method: hadamard}, {method: identity}]}"};
+  QuantConfig quant;
+  SilentLog log;
+  int claims = 0;
+  for (const std::string& yaml : methods) {
+    SCOPED_TRACE(yaml);
+    const auto method = make_method(yaml);
+    const Site full{"s", x, w, {}};
+    const at::Tensor reference = method->fit(FitContext{full, quant, 3, log})->dense();
+    if (!method->reads_weights()) {
+      ++claims;
+      const Site no_w{"s", x, at::empty({0, 32}), {}};
+      EXPECT_TRUE(at::equal(method->fit(FitContext{no_w, quant, 3, log})->dense(), reference));
+    }
+    if (!method->reads_activations()) {
+      ++claims;
+      const Site no_x{"s", at::empty({0, 32}), at::empty({0, 32}), {}};
+      EXPECT_TRUE(at::equal(method->fit(FitContext{no_x, quant, 3, log})->dense(), reference));
+    }
+  }
+  EXPECT_GE(claims, 9);  // 6 methods read no W, 3 (and the compose of two) no X
+}
+
+}  // namespace
+}  // namespace sqlab
