@@ -286,10 +286,7 @@ TEST(LayerwiseCli, FullPrecisionPerplexityIsCachedInTheResultsDirectory) {
   testing::TempDir dir;
   LlamaConfig c = small_config();
   save_hf(random_llama(c, 11), dir.file("hf"), "BF16", 2);
-  std::string ids;
-  const at::Tensor t = at::randint(60, {300}, make_generator(3, "cli/ids"), at::kLong);
-  for (int64_t i = 0; i < t.numel(); ++i) ids += std::to_string(t[i].item<int64_t>()) + " ";
-  testing::write_text(dir.file("eval.ids"), ids);
+  testing::write_token_ids(dir.file("eval.ids"), 300, 60, "cli/ids");
   testing::write_text(dir.file("e.yaml"), R"(name: m
 seeds: [0]
 model: {path: hf}

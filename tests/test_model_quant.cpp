@@ -308,10 +308,7 @@ TEST(ModelRunCli, PerplexityRunsForBothPlacements) {
   LlamaConfig c = tiny_config();
   c.max_seq_len = 16;
   save_llama2c(random_llama(c, 9), dir.file("m.bin"));
-  std::string ids;
-  const at::Tensor t = at::randint(50, {400}, make_generator(3, "ids"), at::kLong);
-  for (int64_t i = 0; i < t.numel(); ++i) ids += std::to_string(t[i].item<int64_t>()) + " ";
-  testing::write_text(dir.file("eval.ids"), ids);
+  testing::write_token_ids(dir.file("eval.ids"), 400, 50, "ids");
   testing::write_text(dir.file("e.yaml"), R"(name: m
 seeds: [0]
 model: {path: m.bin}

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <yaml-cpp/yaml.h>
@@ -19,6 +20,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/method.h"
+#include "core/random.h"
 #include "methods/builtin.h"
 
 namespace sqlab::testing {
@@ -86,6 +88,15 @@ inline std::string write_text(const std::string& path, const std::string& text) 
 inline std::string read_text(const std::string& path) {
   std::ifstream in(path);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// `count` random token ids below `vocab` (drawn from `stream`) as a .ids text file: an
+// evaluation text for a model without a tokenizer.
+inline void write_token_ids(const std::string& path, int64_t count, int64_t vocab, const std::string& stream) {
+  const at::Tensor t = at::randint(vocab, {count}, make_generator(3, stream), at::kLong);
+  std::string ids;
+  for (int64_t i = 0; i < t.numel(); ++i) ids += std::to_string(t[i].item<int64_t>()) + " ";
+  write_text(path, ids);
 }
 
 // What the real `sqlab` binary did: exit code, stdout and stderr.
