@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdlib>
 
 #include "core/error.h"
 #include "core/system.h"
@@ -38,30 +41,83 @@ ScoredTokens score_positions(const at::Tensor& head_input, const TokenBatch& bat
   return out;
 }
 
-int64_t HiddenStream::hidden_bytes() const {
-  int64_t bytes = 0;
-  for (const at::Tensor& h : hidden_) bytes += h.numel() * static_cast<int64_t>(h.element_size());
-  return bytes;
+int64_t HiddenStream::hidden_bytes() const { return in_memory_ + spilled_bytes_; }
+
+void HiddenStream::spill_beyond(int64_t bytes, const std::string& dir) {
+  budget_ = std::max<int64_t>(0, bytes);
+  scratch_dir_ = dir;
+}
+
+// The scratch file: created and unlinked at once (it lives while the descriptor is open).
+// A batch's slot is fixed the first time it spills: its shape does not change across layers.
+void HiddenStream::store(size_t i, const at::Tensor& h_in) {
+  const at::Tensor h = h_in.to(at::kCPU).contiguous();
+  const int64_t bytes = h.numel() * static_cast<int64_t>(h.element_size());
+  if (offsets_[i] < 0 && (budget_ < 0 || in_memory_ + bytes <= budget_ || hidden_[i].defined())) {
+    if (!hidden_[i].defined()) in_memory_ += bytes;
+    hidden_[i] = h_in;
+    return;
+  }
+  if (!scratch_fd_) {
+    std::string pattern = (scratch_dir_.empty() ? std::string("/tmp") : scratch_dir_) + "/sqlab_hidden_XXXXXX";
+    const int fd = ::mkstemp(pattern.data());
+    if (fd < 0) throw Error(fmt::format("hidden states: cannot create a scratch file in '{}'", scratch_dir_));
+    ::unlink(pattern.c_str());
+    scratch_fd_ = std::shared_ptr<int>(new int(fd), [](int* f) {
+      ::close(*f);
+      delete f;
+    });
+  }
+  if (offsets_[i] < 0) {
+    offsets_[i] = spilled_bytes_;
+    spilled_bytes_ += bytes;
+    shapes_[i] = h.sizes().vec();
+  }
+  const char* data = static_cast<const char*>(h.data_ptr());
+  for (int64_t done = 0; done < bytes;) {
+    const ssize_t n = ::pwrite(*scratch_fd_, data + done, static_cast<size_t>(bytes - done), offsets_[i] + done);
+    if (n <= 0) throw Error(fmt::format("hidden states: writing the scratch file in '{}' failed (disk full?)", scratch_dir_));
+    done += n;
+  }
+  hidden_[i] = at::Tensor();
+}
+
+at::Tensor HiddenStream::hidden(size_t i) const {
+  if (offsets_.at(i) < 0) return hidden_.at(i);
+  at::Tensor h = at::empty(shapes_[i], at::kFloat);
+  const int64_t bytes = h.numel() * static_cast<int64_t>(h.element_size());
+  char* data = static_cast<char*>(h.data_ptr());
+  for (int64_t done = 0; done < bytes;) {
+    const ssize_t n = ::pread(*scratch_fd_, data + done, static_cast<size_t>(bytes - done), offsets_[i] + done);
+    if (n <= 0) throw Error("hidden states: reading the scratch file failed");
+    done += n;
+  }
+  return h;
 }
 
 void HiddenStream::embed(const LlamaConfig& config, const at::Tensor& embedding, const std::string& origin) {
   at::NoGradGuard no_grad;
-  hidden_.clear();
-  for (const TokenBatch& b : batches_) hidden_.push_back(llama_embed(config, embedding, b.tokens, origin));
+  hidden_.assign(batches_.size(), at::Tensor());
+  offsets_.assign(batches_.size(), -1);
+  shapes_.assign(batches_.size(), {});
+  in_memory_ = spilled_bytes_ = 0;
+  scratch_fd_.reset();
+  for (size_t i = 0; i < batches_.size(); ++i) store(i, llama_embed(config, embedding, batches_[i].tokens, origin));
 }
 
 void HiddenStream::advance(const LlamaConfig& config, const LlamaLayer& layer, int64_t index, ForwardHooks* hooks) {
   at::NoGradGuard no_grad;
-  for (at::Tensor& h : hidden_) {
+  for (size_t i = 0; i < batches_.size(); ++i) {
     throw_if_interrupted();
-    h = llama_layer(config, layer, index, h, hooks);
+    const at::Device device = layer.wq.device();
+    store(i, llama_layer(config, layer, index, hidden(i).to(device), hooks));
   }
 }
 
 at::Tensor HiddenStream::head_input(size_t i, const LlamaConfig& config, const at::Tensor& final_norm,
                                     ForwardHooks* hooks) const {
   at::NoGradGuard no_grad;
-  return llama_head_input(config, final_norm, hidden_.at(i), hooks);
+  return llama_head_input(config, final_norm, hidden(i).to(final_norm.device()), hooks);
 }
 
 std::vector<ScoredTokens> HiddenStream::score(const LlamaConfig& config, const at::Tensor& final_norm,
@@ -69,7 +125,7 @@ std::vector<ScoredTokens> HiddenStream::score(const LlamaConfig& config, const a
   at::NoGradGuard no_grad;
   std::vector<ScoredTokens> out;
   for (size_t i = 0; i < batches_.size(); ++i) {
-    out.push_back(score_positions(llama_head_input(config, final_norm, hidden_[i], hooks), batches_[i], output));
+    out.push_back(score_positions(head_input(i, config, final_norm, hooks), batches_[i], output));
     hidden_[i] = at::Tensor();  // done with it
   }
   return out;

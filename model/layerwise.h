@@ -13,6 +13,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "model/llama.h"
@@ -38,12 +40,18 @@ constexpr int64_t kHeadChunkTokens = 512;
 ScoredTokens score_positions(const at::Tensor& head_input, const TokenBatch& batch, const at::Tensor& output,
                              int64_t chunk = kHeadChunkTokens);
 
-// The hidden states of a list of batches, advanced one layer at a time. Held in memory,
-// in the compute dtype (float32): a 7B model's 4 windows of 2048 tokens take 134 MB.
+// The hidden states of a list of batches, advanced one layer at a time, in the compute
+// dtype (float32): a 7B model's 4 windows of 2048 tokens take 134 MB. Batches beyond a
+// budget of bytes (`spill_beyond`) live in a scratch file (unlinked on creation, so nothing
+// is left behind), read back and written again around each layer: the same numbers as in
+// memory, bit for bit.
 class HiddenStream {
  public:
   HiddenStream() = default;
   explicit HiddenStream(std::vector<TokenBatch> batches) : batches_(std::move(batches)) {}
+  // Keep at most `bytes` of hidden states in memory; the rest go to a scratch file in `dir`.
+  void spill_beyond(int64_t bytes, const std::string& dir);
+  int64_t spilled_bytes() const { return spilled_bytes_; }
 
   const std::vector<TokenBatch>& batches() const { return batches_; }
   bool empty() const { return batches_.empty(); }
@@ -56,13 +64,20 @@ class HiddenStream {
   std::vector<ScoredTokens> score(const LlamaConfig& config, const at::Tensor& final_norm, const at::Tensor& output,
                                   ForwardHooks* hooks = nullptr);
   // Batch i's hidden states, and its head input (the final norm, then the head hook).
-  const at::Tensor& hidden(size_t i) const { return hidden_.at(i); }
+  at::Tensor hidden(size_t i) const;
   at::Tensor head_input(size_t i, const LlamaConfig& config, const at::Tensor& final_norm,
                         ForwardHooks* hooks = nullptr) const;
 
  private:
+  void store(size_t i, const at::Tensor& h);
   std::vector<TokenBatch> batches_;
-  std::vector<at::Tensor> hidden_;
+  std::vector<at::Tensor> hidden_;       // undefined where spilled
+  std::vector<int64_t> offsets_;         // scratch-file offset per batch, -1 in memory
+  std::vector<std::vector<int64_t>> shapes_;
+  int64_t budget_ = -1;                  // -1: everything in memory
+  std::string scratch_dir_;
+  std::shared_ptr<int> scratch_fd_;      // closed with the last copy of the stream
+  int64_t in_memory_ = 0, spilled_bytes_ = 0;
 };
 
 // The whole model in memory, one batch at a time (every layer per batch): the same

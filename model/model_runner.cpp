@@ -50,6 +50,7 @@ struct EvalSettings {
   int64_t limit = 0;  // 0: every example
   int64_t num_fewshot = 0;
   bool gemm_reference = false;  // time a plain GEMM of the model's shapes next to the evaluation
+  double hidden_budget_gb = 4.0;  // per evaluation stream; beyond it hidden states go to a scratch file
 };
 
 // One task's spec and requests, built once per experiment.
@@ -245,6 +246,8 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   plan->eval.bos = e.get<bool>("bos", true);
   plan->eval.batch = e.get<int64_t>("batch", 8);
   plan->eval.gemm_reference = e.get<bool>("gemm_reference", false);
+  plan->eval.hidden_budget_gb = e.get<double>("hidden_budget_gb", plan->eval.hidden_budget_gb);
+  if (!(plan->eval.hidden_budget_gb >= 0)) e.fail("hidden_budget_gb", "must be >= 0 (0: every batch in the scratch file)");
   plan->eval.documents.documents = non_negative(e, "documents", 0);
   plan->eval.documents.join = e.get<std::string>("join", plan->eval.documents.join);
   if (plan->eval.batch < 1) e.fail("batch", "must be positive");
@@ -490,6 +493,10 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   };
   LayerwiseBuilder builder(weights, plan.quant, in, device);
   HiddenStream eval_q(batches), eval_fp(need_fp ? batches : std::vector<TokenBatch>{});
+  const int64_t budget = static_cast<int64_t>(plan.eval.hidden_budget_gb * static_cast<double>(1ull << 30));
+  const std::string scratch = p.results_dir.empty() ? std::string() : p.results_dir;
+  eval_q.spill_beyond(budget, scratch);
+  eval_fp.spill_beyond(budget, scratch);
   ForwardHooks* hooks = builder.hooks().get();
   timed("eval_forward", [&] { eval_q.embed(config, builder.embedding(), weights->origin()); });
   timed("eval_fp", [&] { eval_fp.embed(config, builder.fp_embedding(), weights->origin()); });
@@ -600,6 +607,7 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
       "evaluation hidden states carried through each layer in turn; head and log-softmax {} tokens at a time",
       weights->origin(), device.str(), kHeadChunkTokens);
   record.metrics["peak_rss_mib"] = peak_rss_mib();
+  record.metrics["hidden_spilled_mib"] = static_cast<double>(eval_q.spilled_bytes()) / (1 << 20);
   if (has_text) {
     const double flops = forward_flops(config, windows, seq_len);
     record.metrics["eval_forward_gflops"] = flops / std::max(1e-9, stage["eval_forward"]) / 1e9;

@@ -5,6 +5,7 @@
 // opening a checkpoint reads no tensor, and building holds about one layer at a time.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
@@ -311,6 +312,16 @@ methods: [{label: had, method: hadamard}]
       testing::run_cli(dir.path(), "run e.yaml --out out --json --set 'methods=[{label: had2, method: hadamard}]'", "SQLAB_THREADS=1");
   ASSERT_EQ(second.code, 0) << second.err;
   EXPECT_NE(second.out.find("12345.5"), std::string::npos) << second.out;
+  // eval.hidden_budget_gb: 0 puts every evaluation batch in the scratch file: same ppl.
+  const testing::CliResult spilled =
+      testing::run_cli(dir.path(), "run e.yaml --out out3 --json --set eval.hidden_budget_gb=0", "SQLAB_THREADS=1");
+  ASSERT_EQ(spilled.code, 0) << spilled.err;
+  const auto metric = [](const std::string& out, const std::string& name) {
+    return nlohmann::json::parse(out)["groups"][0]["metrics"][name]["mean"].get<double>();
+  };
+  EXPECT_EQ(metric(spilled.out, "ppl"), metric(first.out, "ppl"));
+  EXPECT_GT(metric(spilled.out, "hidden_spilled_mib"), 0.0);
+  EXPECT_EQ(metric(first.out, "hidden_spilled_mib"), 0.0);
 }
 
 }  // namespace
@@ -384,6 +395,40 @@ TEST(MethodNeeds, WhatAMethodSaysItDoesNotReadChangesNothing) {
     }
   }
   EXPECT_GE(claims, 9);  // 6 methods read no W, 3 (and the compose of two) no X
+}
+
+}  // namespace
+}  // namespace sqlab
+
+namespace sqlab {
+namespace {
+
+// Hidden states spilled to the scratch file give the in-memory numbers bit for bit, whatever
+// part of the batches spills.
+TEST(HiddenSpill, ScratchFileGivesTheInMemoryResultsBitForBit) {
+  const LlamaWeights fp = random_llama(small_config(), 13);
+  const std::vector<TokenBatch> batches = perplexity_batches(eval_tokens(), 16, 12, 2);
+  ASSERT_GE(batches.size(), 4u);
+  const auto run = [&](int64_t budget, int64_t* spilled) {
+    HiddenStream stream(batches);
+    testing::TempDir dir;
+    if (budget >= 0) stream.spill_beyond(budget, dir.path().string());
+    stream.embed(fp.config, fp.embedding, "test");
+    for (int64_t l = 0; l < fp.config.n_layers; ++l) stream.advance(fp.config, fp.layers[l], l);
+    *spilled = stream.spilled_bytes();
+    return perplexity_result(stream.score(fp.config, fp.final_norm, fp.output), 16, 12, 1);
+  };
+  int64_t none = 0, some = 0, all = 0;
+  const PerplexityResult memory = run(-1, &none);
+  const int64_t one_batch = 2 * 16 * 32 * 4;
+  const PerplexityResult part = run(2 * one_batch, &some);
+  const PerplexityResult disk = run(0, &all);
+  EXPECT_EQ(none, 0);
+  EXPECT_GT(some, 0);
+  EXPECT_GT(all, some);
+  EXPECT_EQ(part.nll_sum, memory.nll_sum);
+  EXPECT_EQ(disk.nll_sum, memory.nll_sum);
+  // And the scratch file is gone: it was unlinked when made.
 }
 
 }  // namespace
