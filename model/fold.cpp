@@ -144,9 +144,7 @@ at::Tensor layer_site_weight(const LlamaLayer& l, LinearSite site) {
 }
 
 at::Tensor site_weight(const LlamaWeights& w, int64_t layer, LinearSite site) {
-  std::vector<at::Tensor> parts;
-  for (at::Tensor* t : site_linears(const_cast<LlamaWeights&>(w), layer, site)) parts.push_back(*t);
-  return at::cat(parts, 0);
+  return site == LinearSite::head ? w.output : layer_site_weight(w.layers.at(layer), site);
 }
 
 }  // namespace sqlab

@@ -41,8 +41,6 @@ ScoredTokens score_positions(const at::Tensor& head_input, const TokenBatch& bat
   return out;
 }
 
-int64_t HiddenStream::hidden_bytes() const { return in_memory_ + spilled_bytes_; }
-
 void HiddenStream::spill_beyond(int64_t bytes, const std::string& dir) {
   budget_ = std::max<int64_t>(0, bytes);
   scratch_dir_ = dir;

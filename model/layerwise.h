@@ -55,8 +55,6 @@ class HiddenStream {
 
   const std::vector<TokenBatch>& batches() const { return batches_; }
   bool empty() const { return batches_.empty(); }
-  // Rows x tokens x dim x 4 bytes once embedded.
-  int64_t hidden_bytes() const;
 
   void embed(const LlamaConfig& config, const at::Tensor& embedding, const std::string& origin);
   void advance(const LlamaConfig& config, const LlamaLayer& layer, int64_t index, ForwardHooks* hooks = nullptr);

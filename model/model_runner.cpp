@@ -494,9 +494,8 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   LayerwiseBuilder builder(weights, plan.quant, in, device);
   HiddenStream eval_q(batches), eval_fp(need_fp ? batches : std::vector<TokenBatch>{});
   const int64_t budget = static_cast<int64_t>(plan.eval.hidden_budget_gb * static_cast<double>(1ull << 30));
-  const std::string scratch = p.results_dir.empty() ? std::string() : p.results_dir;
-  eval_q.spill_beyond(budget, scratch);
-  eval_fp.spill_beyond(budget, scratch);
+  eval_q.spill_beyond(budget, p.results_dir);
+  eval_fp.spill_beyond(budget, p.results_dir);
   ForwardHooks* hooks = builder.hooks().get();
   timed("eval_forward", [&] { eval_q.embed(config, builder.embedding(), weights->origin()); });
   timed("eval_fp", [&] { eval_fp.embed(config, builder.fp_embedding(), weights->origin()); });

@@ -272,9 +272,14 @@ void LayerwiseBuilder::fit_residual_first_pass() {
   const double start = now_seconds();
   RotationPtr q = fit_site(in_, config_.quant, "residual", x, w);
   timing_["fit"] += now_seconds() - start;
+  set_residual(std::move(q));
+}
+
+// Q must be orthogonal (a non-orthogonal transform does not commute with RMSNorm).
+void LayerwiseBuilder::set_residual(RotationPtr q) {
   if (!q->orthogonal())
     throw Error(fmt::format("placement residual needs an orthogonal rotation; the method gave {}", q->describe()));
-  check_residual_rotation(*q, c.dim);
+  check_residual_rotation(*q, source_->config().dim);
   residual_ = std::shared_ptr<const Rotation>(std::move(q));
 }
 
@@ -295,11 +300,8 @@ void LayerwiseBuilder::train_residual() {
   start = now_seconds();
   RotationPtr q = in_.residual_trainer(model, *hooks_);
   timing_["fit"] += now_seconds() - start;
-  if (!q->orthogonal())
-    throw Error(fmt::format("placement residual needs an orthogonal rotation; the method gave {}", q->describe()));
-  check_residual_rotation(*q, source_->config().dim);
   if (in_.keep_rotations && in_.rotations_out) (*in_.rotations_out)["residual"] = q->factors();
-  residual_ = std::shared_ptr<const Rotation>(std::move(q));
+  set_residual(std::move(q));
 }
 
 // Online placement: each site's rotation fitted on the folded full-precision model's inputs
@@ -346,14 +348,13 @@ void LayerwiseBuilder::transform_residual(LlamaLayer& layer) const {
 void LayerwiseBuilder::quantize_layer(LlamaLayer& layer, int64_t l) {
   const LlamaConfig& c = source_->config();
   const QuantConfig& quant = config_.quant;
-  const QuantizedModelHooks hooks = rotate_only();
+  QuantizedModelHooks hooks = rotate_only();
   std::map<SiteKey, at::Tensor> inputs;
   if (data_aware_) {
     const double start = now_seconds();
-    QuantizedModelHooks inner = hooks;
     CaptureHooks capture({{l, LinearSite::attn_in}, {l, LinearSite::attn_out}, {l, LinearSite::mlp_in},
                           {l, LinearSite::mlp_out}},
-                         &inner);
+                         &hooks);
     HiddenStream probe = calib_q_;  // the layer before its weights are quantized; calib_q_ stays
     probe.advance(c, layer, l, &capture);
     inputs = capture.take();
@@ -367,8 +368,7 @@ void LayerwiseBuilder::quantize_layer(LlamaLayer& layer, int64_t l) {
   timing_["quantize"] += now_seconds() - start;
   if (data_aware_) {
     const double forward = now_seconds();
-    QuantizedModelHooks inner = hooks;
-    calib_q_.advance(c, layer, l, &inner);
+    calib_q_.advance(c, layer, l, &hooks);
     timing_["calib_forward"] += now_seconds() - forward;
   }
 }

@@ -174,6 +174,7 @@ class LayerwiseBuilder {
   QuantizedModelHooks rotate_only() const;  // the hooks without the activation quantizer
   LlamaLayer read_layer(int64_t index);
   void fit_residual_first_pass();
+  void set_residual(RotationPtr q);
   void train_residual();
   void transform_online(LlamaLayer& layer, int64_t index);
   void transform_residual(LlamaLayer& layer) const;
