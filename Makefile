@@ -6,7 +6,8 @@ BIN_DIR ?= $(if $(filter 0,$(shell id -u)),/usr/local/bin,$(HOME)/.local/bin)
 # OPENBLAS_CORETYPE=Haswell halves f32 matmul speed on this CPU (toolchain.md).
 unexport OPENBLAS_CORETYPE
 
-.PHONY: all setup models configure build install run test bench clean stress fuzz test-asan
+.PHONY: all setup models configure build install run test bench clean stress fuzz test-asan \
+        build-torch2 test-torch2 build-cuda ci-torch2 ci-cuda
 
 all: build
 
@@ -73,6 +74,36 @@ test-asan: setup
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSQLAB_SANITIZE=ON
 	cmake --build $(ASAN_BUILD) -j $(JOBS) --target sqlab sqlab_tests
 	cd $(ASAN_BUILD) && $(ASAN_ENV) ctest --output-on-failure -j $(JOBS) -E '^analysis_'
+
+# LibTorch 2.x and CUDA builds (README "LibTorch 2.x and CUDA builds"): a pip PyTorch's
+# LibTorch (scripts/fetch_libtorch2.sh downloads the wheel once into ~/.cache/sqlab/libtorch).
+# `make build-torch2` / `make test-torch2`: everything, and the whole CPU suite, against it.
+# `make build-cuda`: everything with SQLAB_CUDA=ON (nvcc; no GPU needed to compile and link).
+# `make ci-torch2` / `make ci-cuda`: what CI builds of them: the libraries, the kernels, the
+# binary and one test binary (sqlab_device_tests); ci-torch2 runs that binary.
+TORCH2_BUILD ?= build-torch2
+CUDA_BUILD   ?= build-cuda
+TORCH2_CMAKE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$$(scripts/fetch_libtorch2.sh)"
+
+build-torch2: setup
+	$(TORCH2_CMAKE) -B $(TORCH2_BUILD)
+	cmake --build $(TORCH2_BUILD) -j $(JOBS)
+
+test-torch2: build-torch2 models
+	cd $(TORCH2_BUILD) && ctest --output-on-failure -j $(JOBS)
+
+build-cuda: setup
+	$(TORCH2_CMAKE) -B $(CUDA_BUILD) -DSQLAB_CUDA=ON
+	cmake --build $(CUDA_BUILD) -j $(JOBS)
+
+ci-torch2: setup
+	$(TORCH2_CMAKE) -B $(TORCH2_BUILD)
+	cmake --build $(TORCH2_BUILD) -j $(JOBS) --target sqlab sqlab_device_tests
+	cd $(TORCH2_BUILD) && OMP_NUM_THREADS=1 SQLAB_THREADS=1 ./sqlab_device_tests
+
+ci-cuda: setup
+	$(TORCH2_CMAKE) -B $(CUDA_BUILD) -DSQLAB_CUDA=ON
+	cmake --build $(CUDA_BUILD) -j $(JOBS) --target sqlab sqlab_device_tests
 
 clean:
 	rm -rf $(BUILD)

@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "core/experiment.h"
 #include "core/random.h"
+#include "core/torch_compat.h"
 #include "model/capture.h"
 #include "model/checkpoint.h"
 #include "model/quantized_model.h"

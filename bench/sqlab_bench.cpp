@@ -1,5 +1,6 @@
 // sqlab's microbenchmarks (Google Benchmark): `make bench`, or build/sqlab_bench directly
-// (`--benchmark_filter=apply/` to run one group). Three groups, registered in this order:
+// (`--benchmark_filter=apply/` to run one group). Three groups, registered in this order
+// (and a fourth, device/..., where a CUDA device is seen: bench/device_bench.cpp):
 //
 //   apply/...   x R on a 2048 x n float32 activation block (n = 4096, 11008): a plain copy of
 //               the block first (the bandwidth reference), then the dense GEMM, the Kronecker
@@ -35,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/device_bench.h"
 #include "core/config.h"
 #include "core/method.h"
 #include "core/random.h"
@@ -228,6 +230,7 @@ void register_all() {
   for (const BuildCase& c : build_cases())
     for (int64_t n : {1024, 4096, 11008, 14336})
       if (n <= c.max_n || large) register_build(c, n);
+  register_device_benchmarks();  // device/...: only where a CUDA device is seen
 }
 
 }  // namespace

@@ -93,6 +93,7 @@ void evaluate_one_site(const PreparedRun& p, const Site& loaded, bool prefixed, 
   RecordFitLog log(record, metrics, prefixed ? site.name : "", prefix, p.record.traces, warnings);
   const double start = now_seconds();
   RotationPtr rotation = p.method->fit(FitContext{site, p.quant, static_cast<uint64_t>(p.spec->seed), log});
+  synchronize_device(p.device);
   const double build = now_seconds() - start;
   timing["build"] += build;
   if (!rotation || rotation->size() != site.X.size(1))
@@ -158,6 +159,7 @@ RunRecord execute_run(const PreparedRun& p, int64_t count, const SiteAt& site_at
     record.metrics = aggregate_sites(record.site_metrics);
     if (count == 1) record.site_metrics.clear();  // /metrics already holds them
     if (p.dataset->site_count() >= 0) record.metrics["peak_rss_mib"] = peak_rss_mib();
+    for (const auto& [key, value] : device_attributes(p.device)) record.attributes[key] = value;
     warnings.store(record);
   });
   double dataset_stages = 0.0;
@@ -202,23 +204,6 @@ void select_shard(std::vector<PreparedRun>& runs, int64_t index, int64_t count) 
   runs = std::move(mine);
 }
 
-// data.device: cpu, cuda or cuda:N; CUDA only when this LibTorch has it.
-std::string parse_device(ConfigReader& data, const std::string& key) {
-  const std::string text = data.get<std::string>(key, "cpu");
-  try {
-    const at::Device device(text);
-    if (device.is_cpu()) return text;
-    if (device.is_cuda()) {
-      if (!at::hasCUDA())
-        data.fail(key, fmt::format("'{}' requested, but this sqlab's LibTorch has no CUDA (Debian's libtorch is "
-                                   "CPU-only): build with -DSQLAB_CUDA=ON -DCMAKE_PREFIX_PATH=/path/to/libtorch-cuda",
-                                   text));
-      return text;
-    }
-  } catch (const c10::Error&) {
-  }
-  data.fail(key, fmt::format("expected cpu, cuda or cuda:N, got '{}'", text));
-}
 
 }  // namespace
 
@@ -393,6 +378,23 @@ RunnerResult run_experiment(const Experiment& ex, const Registries& registries, 
   write_summaries(ex, summaries, result.rows);
   if (interrupted()) result.exit_code = 128 + interrupt_signal();
   return result;
+}
+
+std::string parse_device(ConfigReader& data, const std::string& key) {
+  const std::string text = data.get<std::string>(key, "cpu");
+  try {
+    const at::Device device(text);
+    if (device.is_cpu()) return text;
+    if (device.is_cuda()) {
+      if (!at::hasCUDA())
+        data.fail(key, fmt::format("'{}' requested, but this sqlab's LibTorch has no CUDA (Debian's libtorch is "
+                                   "CPU-only): build with `make build-cuda` (README \"LibTorch 2.x and CUDA builds\")",
+                                   text));
+      return text;
+    }
+  } catch (const c10::Error&) {
+  }
+  data.fail(key, fmt::format("expected cpu, cuda or cuda:N, got '{}'", text));
 }
 
 }  // namespace sqlab

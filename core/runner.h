@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/config.h"
 #include "core/experiment.h"
 #include "core/method.h"
 #include "core/registries.h"
@@ -35,7 +36,7 @@ struct PreparedRun {
   RecordOptions record;
   double outlier_token_threshold = 10.0;  // data.outlier_token_threshold
   // data.device: where the site's tensors go for the build and the evaluation ("cpu",
-  // "cuda", "cuda:N"; CUDA needs a CUDA LibTorch, README "GPU").
+  // "cuda", "cuda:N"; CUDA needs a CUDA build, README "LibTorch 2.x and CUDA builds").
   std::string device = "cpu";
   std::string data_key;  // equal keys load equal data (cache)
   // Model-level run (the experiment has `model:`): its plan; no dataset then.
@@ -91,5 +92,9 @@ RunnerResult run_experiment(const Experiment& experiment, const Registries& regi
 
 // Creates OUT/runs, removes run files left half-written (*.tmp) and writes OUT/config.yaml.
 void prepare_results_directory(const Experiment& experiment, const std::string& out_dir);
+
+// A device key (data.device, model.device): "cpu", "cuda" or "cuda:N"; CUDA only when this
+// sqlab's LibTorch has it (a configuration error naming the key otherwise).
+std::string parse_device(ConfigReader& reader, const std::string& key);
 
 }  // namespace sqlab

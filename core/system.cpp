@@ -15,6 +15,13 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/torch_compat.h"
+
+#ifdef SQLAB_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime_api.h>
+#endif
 
 namespace sqlab {
 namespace {
@@ -76,6 +83,35 @@ double peak_rss_mib() {
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // KiB on Linux
+}
+
+#ifdef SQLAB_CUDA
+namespace {
+std::string cuda_version_text(int version) { return fmt::format("{}.{}", version / 1000, version % 1000 / 10); }
+}  // namespace
+#endif
+
+void synchronize_device(const std::string& device) {
+#ifdef SQLAB_CUDA
+  if (device != "cpu" && at::Device(device).is_cuda()) c10::cuda::device_synchronize();
+#endif
+}
+
+std::map<std::string, std::string> device_attributes(const std::string& device) {
+  std::map<std::string, std::string> out{{"device", device}, {"libtorch_version", libtorch_version()}};
+#ifdef SQLAB_CUDA
+  const at::Device d(device);
+  if (d.is_cuda()) {
+    const int index = d.has_index() ? d.index() : 0;
+    const cudaDeviceProp* properties = at::cuda::getDeviceProperties(index);
+    out["device_name"] = properties->name;
+    out["device_capability"] = fmt::format("{}.{}", properties->major, properties->minor);
+    int driver = 0, runtime = 0;
+    if (cudaDriverGetVersion(&driver) == cudaSuccess) out["cuda_driver"] = cuda_version_text(driver);
+    if (cudaRuntimeGetVersion(&runtime) == cudaSuccess) out["cuda_runtime"] = cuda_version_text(runtime);
+  }
+#endif
+  return out;
 }
 
 }  // namespace sqlab

@@ -44,8 +44,9 @@ UrtOptions parse_urt_options(ConfigReader& reader) {
 
 namespace {
 
+// Read on the CPU: t may live on X's device (data.device: cuda).
 std::vector<double> to_vector(const at::Tensor& t) {
-  const at::Tensor c = t.to(at::kDouble).contiguous();
+  const at::Tensor c = t.to(at::kCPU, at::kDouble).contiguous();
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
@@ -72,10 +73,10 @@ ArtPass build_art_pass(const at::Tensor& population, const ArtOptions& options,
     if (colmax[k] > limit) order.push_back(k);
   if (order.empty()) return pass;
   const at::Tensor candidates =
-      population.index_select(1, at::tensor(order, at::TensorOptions().dtype(at::kLong))).abs();
+      population.index_select(1, at::tensor(order, at::TensorOptions().dtype(at::kLong)).to(population.device())).abs();
   pass.detected = candidates.gt(limit).sum().item<int64_t>();
   const std::vector<int64_t> rows = [&] {
-    const at::Tensor argmax = candidates.argmax(0).contiguous();
+    const at::Tensor argmax = candidates.argmax(0).to(at::kCPU).contiguous();
     return std::vector<int64_t>(argmax.data_ptr<int64_t>(), argmax.data_ptr<int64_t>() + argmax.numel());
   }();
   std::vector<int64_t> row_of(m, -1);
@@ -134,7 +135,8 @@ ArtFactor build_art_factor(const at::Tensor& population, const ArtOptions& optio
   ArtFactor art;
   at::Tensor total;
   for (int64_t k = 0; k < options.passes; ++k) {
-    const at::Tensor rotated = total.defined() ? at::matmul(pop, total.to(pop.scalar_type())) : pop;
+    // total is built on the CPU; the population may live on another device (data.device: cuda).
+    const at::Tensor rotated = total.defined() ? at::matmul(pop, total.to(pop.device(), pop.scalar_type())) : pop;
     ArtPass pass = build_art_pass(rotated, options,
                                   derive_seed(seed, fmt::format("{}/pass{}", purpose, k)));
     art.detected += pass.detected;

@@ -36,6 +36,7 @@
 // min(500, steps / 2) steps), smooth_rounding, n1 / n2, and every option as opt_* (choices
 // as 0-based indices into the lists above), because defaults are not in the stored config.
 #include "methods/cayley_sgd.h"
+#include "core/torch_compat.h"
 #include "rotations/dense.h"
 
 #include <ATen/ATen.h>
@@ -276,7 +277,10 @@ Trajectory CayleySgdMethod::train(const Problem& problem, std::vector<at::Tensor
     throw_if_interrupted();
     at::Tensor x = problem.X, y = problem.Y;
     if (batched) {
-      const at::Tensor rows = at::randperm(tokens, batch_generator, at::kLong).narrow(0, 0, o_.batch_tokens);
+      // Drawn on the CPU (a CPU generator; the same batches as on the CPU), indexing on X's
+      // device (data.device: cuda).
+      const at::Tensor rows =
+          at::randperm(tokens, batch_generator, at::kLong).narrow(0, 0, o_.batch_tokens).to(x.device());
       x = x.index_select(0, rows);
       y = y.index_select(0, rows);
     }
@@ -340,7 +344,9 @@ RotationPtr CayleySgdMethod::fit(const FitContext& context) const {
   } else {
     params = {initial(n, context, "R")};
   }
-  for (at::Tensor& p : params) p = p.to(dtype).clone().set_requires_grad(true);
+  // The initial factors are built on the CPU; the training multiplies X by them every step,
+  // so it runs on X's device (data.device: cuda).
+  for (at::Tensor& p : params) p = p.to(problem.X.device(), dtype).clone().set_requires_grad(true);
   record_options(log, n1, n2);
   log.metric("smooth_rounding", problem.quant.act.rounding == Rounding::smooth);
 
@@ -350,7 +356,8 @@ RotationPtr CayleySgdMethod::fit(const FitContext& context) const {
   std::vector<at::Tensor> result;
   double orth_sq = 0.0;
   for (const at::Tensor& p : o_.keep_best && !t.best.empty() ? t.best : params) {
-    const at::Tensor r64 = p.detach().to(at::kDouble);
+    // Back to the CPU (data.device: cuda): the rotation is built there.
+    const at::Tensor r64 = p.detach().to(at::kCPU, at::kDouble);
     orth_sq += std::pow(orthogonality_error(r64), 2);
     result.push_back(qr_orthonormalize_rows(r64));
   }
@@ -360,7 +367,7 @@ RotationPtr CayleySgdMethod::fit(const FitContext& context) const {
   {
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> factors;
-    for (const at::Tensor& r : result) factors.push_back(r.to(dtype));
+    for (const at::Tensor& r : result) factors.push_back(r.to(problem.X.device(), dtype));
     const double final_loss = problem.loss(problem.X, problem.Y, factors).item<double>();
     Problem rtn = problem;
     rtn.quant.act.rounding = rtn.quant.weight.rounding = Rounding::ste;

@@ -38,8 +38,9 @@ at::Tensor zigzag_permutation(const at::Tensor& channel_absmax, int64_t block_si
   if (block_size <= 0 || n % block_size != 0)
     throw Error(fmt::format("duquant: block size {} does not divide the width {}", block_size, n));
   const int64_t blocks = n / block_size;
-  const at::Tensor order =
-      std::get<1>(at::sort(channel_absmax.to(at::kDouble).reshape({-1}), /*stable=*/true, 0, /*descending=*/true)).contiguous();
+  // On the CPU: the permutation is read below and kept there (data.device: cuda).
+  const at::Tensor values = channel_absmax.to(at::kCPU, at::kDouble).reshape({-1});
+  const at::Tensor order = std::get<1>(at::sort(values, /*stable=*/true, 0, /*descending=*/true)).contiguous();
   const int64_t* ranked = order.data_ptr<int64_t>();
   std::vector<int64_t> filled(blocks, 0);
   at::Tensor source = at::empty({n}, at::kLong);
@@ -78,16 +79,18 @@ at::Tensor greedy_block_rotation(const at::Tensor& x, int64_t block_size, int64_
   const at::Tensor uniform = uniform_first_row_matrix(block_size);
   at::Tensor product = at::eye(block_size, at::kDouble).expand({blocks, block_size, block_size}).contiguous();
   at::Tensor best = product.clone();
-  at::Tensor best_max = y.abs().amax({1, 2}).to(at::kDouble);
+  // y stays on x's device (data.device: cuda); the block matrices and the per-block
+  // statistics that choose them are on the CPU, where the rotation is built.
+  at::Tensor best_max = y.abs().amax({1, 2}).to(at::kCPU, at::kDouble);
   for (int64_t step = 0; step < steps; ++step) {
-    const at::Tensor outlier = y.abs().amax(1).argmax(1).contiguous();  // K: channel d per block
+    const at::Tensor outlier = y.abs().amax(1).argmax(1).to(at::kCPU).contiguous();  // K: channel d per block
     std::vector<at::Tensor> mats;
     for (int64_t k = 0; k < blocks; ++k)
       mats.push_back(greedy_step_matrix(uniform, outlier.data_ptr<int64_t>()[k], generator));
     const at::Tensor m = at::stack(mats);
-    y = at::bmm(y, m.to(work));
+    y = at::bmm(y, m.to(y.device(), work));
     product = at::bmm(product, m);
-    const at::Tensor block_max = y.abs().amax({1, 2}).to(at::kDouble);
+    const at::Tensor block_max = y.abs().amax({1, 2}).to(at::kCPU, at::kDouble);
     const at::Tensor better = block_max < best_max;
     best = at::where(better.reshape({blocks, 1, 1}), product, best);
     best_max = at::minimum(block_max, best_max);
@@ -121,7 +124,10 @@ class DuQuantMethod : public RotationMethod {
       parts.push_back(std::move(part));
     };
     if (o_.smooth_alpha > 0)
-      add(std::make_unique<DiagonalScaling>(smoothing_scales(site.X, site.W, o_.smooth_alpha), "duquant_smooth"), "smooth");
+      // Scales to the CPU (data.device: cuda): the rotation keeps its parameters there.
+      add(std::make_unique<DiagonalScaling>(smoothing_scales(site.X, site.W, o_.smooth_alpha).to(at::kCPU),
+                                            "duquant_smooth"),
+          "smooth");
     add(std::make_unique<BlockDiagonalRotation>(greedy_block_rotation(x, b, o_.greedy_steps, generator), "duquant_r1"), "r1");
     if (o_.zigzag && n / b > 1)
       add(std::make_unique<PermutationRotation>(zigzag_permutation(x.abs().amax(0), b), "duquant_zigzag"), "permutation");

@@ -142,7 +142,8 @@ SingleQuantOptions parse_options(ConfigReader& reader) {
 
 // Layout of the Kronecker form R = S (x) F: M = x.reshape(ns, nf); the slow factor S acts
 // on the columns M[:, q], the fast factor F on the rows M[r, :]. Populations are computed
-// in y's dtype (undefined factors are the identity).
+// in y's dtype on y's device (the factors live on the CPU; y may be on data.device: cuda);
+// undefined factors are the identity.
 struct Layout {
   int64_t ns, nf;
 
@@ -150,20 +151,20 @@ struct Layout {
   at::Tensor slow_population(const at::Tensor& y, const at::Tensor& s, const at::Tensor& f) const {
     const int64_t tokens = y.size(0);
     at::Tensor z = y.reshape({tokens * ns, nf});
-    if (f.defined()) z = at::matmul(z, f.to(y.scalar_type()));
+    if (f.defined()) z = at::matmul(z, f.to(y.device(), y.scalar_type()));
     z = z.reshape({tokens, ns, nf}).transpose(1, 2).reshape({tokens * nf, ns});
-    return s.defined() ? at::matmul(z, s.to(y.scalar_type())) : z;
+    return s.defined() ? at::matmul(z, s.to(y.device(), y.scalar_type())) : z;
   }
   // Rows: the rows of every token's S^T M F (T * ns of length nf).
   at::Tensor fast_population(const at::Tensor& y, const at::Tensor& s, const at::Tensor& f) const {
     const int64_t tokens = y.size(0);
     at::Tensor z = y.reshape({tokens, ns, nf});
     if (s.defined()) {
-      z = at::matmul(z.transpose(1, 2).reshape({tokens * nf, ns}), s.to(y.scalar_type()));
+      z = at::matmul(z.transpose(1, 2).reshape({tokens * nf, ns}), s.to(y.device(), y.scalar_type()));
       z = z.reshape({tokens, nf, ns}).transpose(1, 2);
     }
     z = z.reshape({tokens * ns, nf});
-    return f.defined() ? at::matmul(z, f.to(y.scalar_type())) : z;
+    return f.defined() ? at::matmul(z, f.to(y.device(), y.scalar_type())) : z;
   }
 };
 
@@ -238,7 +239,7 @@ RotationPtr SingleQuantMethod::fit(const FitContext& context) const {
     const ArtFactor art = build_art_factor(x, o_.art_options, context.seed, purpose + "/art_dense");
     record_art(log, art, "art", where);
     log.metric("art_scale", art.passes.front().scale);
-    y = at::matmul(x, art.matrix.to(x.scalar_type()));
+    y = at::matmul(x, art.matrix.to(x.device(), x.scalar_type()));  // the matrix is on the CPU
     before = std::make_unique<DenseRotation>(art.matrix, "art_dense");
   }
 

@@ -15,7 +15,8 @@ class SmoothQuantMethod : public RotationMethod {
   explicit SmoothQuantMethod(double alpha) : alpha_(alpha) {}
 
   RotationPtr fit(const FitContext& context) const override {
-    const at::Tensor scales = smoothing_scales(context.site.X, context.site.W, alpha_);
+    // To the CPU (data.device: cuda): the rotation keeps its parameters there.
+    const at::Tensor scales = smoothing_scales(context.site.X, context.site.W, alpha_).to(at::kCPU);
     context.log.metric("smooth_scale_max", scales.max().item<double>());
     context.log.metric("smooth_scale_min", scales.min().item<double>());
     return std::make_unique<DiagonalScaling>(scales, fmt::format("smoothquant(alpha={})", alpha_));

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/system.h"
+#include "core/torch_compat.h"
 
 namespace sqlab {
 

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/system.h"
+#include "core/torch_compat.h"
 
 namespace sqlab {
 
@@ -49,13 +50,14 @@ void HiddenStream::spill_beyond(int64_t bytes, const std::string& dir) {
 // The scratch file: created and unlinked at once (it lives while the descriptor is open).
 // A batch's slot is fixed the first time it spills: its shape does not change across layers.
 void HiddenStream::store(size_t i, const at::Tensor& h_in) {
-  const at::Tensor h = h_in.to(at::kCPU).contiguous();
-  const int64_t bytes = h.numel() * static_cast<int64_t>(h.element_size());
+  const int64_t bytes = h_in.numel() * static_cast<int64_t>(h_in.element_size());
   if (offsets_[i] < 0 && (budget_ < 0 || in_memory_ + bytes <= budget_ || hidden_[i].defined())) {
     if (!hidden_[i].defined()) in_memory_ += bytes;
     hidden_[i] = h_in;
     return;
   }
+  // Only a spilled batch comes to the CPU (model.device: cuda keeps the others on the GPU).
+  const at::Tensor h = h_in.to(at::kCPU).contiguous();
   if (!scratch_fd_) {
     std::string pattern = (scratch_dir_.empty() ? std::string("/tmp") : scratch_dir_) + "/sqlab_hidden_XXXXXX";
     const int fd = ::mkstemp(pattern.data());

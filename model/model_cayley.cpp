@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/random.h"
 #include "core/system.h"
+#include "core/torch_compat.h"
 #include "methods/options.h"
 #include "rotations/dense.h"
 #include "rotations/hadamard.h"
@@ -123,7 +124,10 @@ RotationPtr train_residual_rotation(const LlamaWeights& model, const QuantizedMo
   const int64_t n = model.config.dim;
   QuantizedModelHooks ste_hooks = hooks;
   ste_hooks.ste = true;
-  at::Tensor R = initial_rotation(o.init, n, seed).to(at::kFloat).clone().set_requires_grad(true);
+  // Built on the CPU, trained on the model's device (model.device: cuda): every step multiplies
+  // the weights by R.
+  const at::Device device = model.embedding.device();
+  at::Tensor R = initial_rotation(o.init, n, seed).to(device, at::kFloat).clone().set_requires_grad(true);
   CayleySGD optimizer(o.sgd, derive_seed(seed, "model_cayley/reorth"));
   at::Generator batches = make_generator(seed, "model_cayley/batches");
   const int64_t count = calib_windows.size(0);
@@ -136,7 +140,9 @@ RotationPtr train_residual_rotation(const LlamaWeights& model, const QuantizedMo
   for (int64_t step = 0; step < o.sgd.total_steps; ++step) {
     throw_if_interrupted();
     at::Tensor windows = calib_windows;
-    if (batched) windows = calib_windows.index_select(0, at::randperm(count, batches, at::kLong).narrow(0, 0, o.batch_windows));
+    if (batched)  // drawn on the CPU (a CPU generator), indexing on the windows' device
+      windows = calib_windows.index_select(
+          0, at::randperm(count, batches, at::kLong).narrow(0, 0, o.batch_windows).to(calib_windows.device()));
     const at::Tensor loss = model_quantized_loss(model, ste_hooks, quant, head_bits, R, windows);
     loss.backward();
     const at::Tensor grad = R.grad();
@@ -156,13 +162,15 @@ RotationPtr train_residual_rotation(const LlamaWeights& model, const QuantizedMo
     trace_cayley_step(log, step, value, stats);
   }
   const double seconds = now_seconds() - start;
-  const at::Tensor chosen = (o.keep_best && best.defined() ? best : R.detach()).to(at::kDouble);
+  // Back to the CPU: the rotation is built there.
+  const at::Tensor chosen = (o.keep_best && best.defined() ? best : R.detach()).to(at::kCPU, at::kDouble);
   log.metric("orth_error_before_fix", orthogonality_error(chosen));
   const at::Tensor result = qr_orthonormalize_rows(chosen);
   {
     at::NoGradGuard no_grad;
     log.metric("final_loss",
-               model_quantized_loss(model, ste_hooks, quant, head_bits, result.to(at::kFloat), calib_windows).item<double>());
+               model_quantized_loss(model, ste_hooks, quant, head_bits, result.to(device, at::kFloat), calib_windows)
+                   .item<double>());
   }
   log.metric("initial_loss", losses.empty() ? std::numeric_limits<double>::quiet_NaN() : losses.front());
   log.metric("best_loss", best_loss);

@@ -19,6 +19,7 @@
 #include "core/run_record.h"
 #include "core/runner.h"
 #include "core/system.h"
+#include "core/torch_compat.h"
 #include "model/capture.h"
 #include "model/checkpoint.h"
 #include "model/gguf_checkpoint.h"
@@ -218,9 +219,7 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   plan->model.tokenizer = m.existing_path("tokenizer", false);
   if (plan->model.tokenizer.empty() && is_gguf_file(plan->model.path))
     plan->model.tokenizer = plan->model.path;  // a GGUF carries its tokenizer
-  plan->model.device = m.choice("device", "cpu", {"cpu", "cuda"});
-  if (plan->model.device == "cuda" && !at::hasCUDA())
-    m.fail("device", "cuda: this LibTorch has no CUDA (Debian's libtorch-dev is CPU-only; README \"GPU\")");
+  plan->model.device = parse_device(m, "device");
   m.finish();
 
   ConfigReader e(run.config["eval"], ex.file, "eval", run.sources);
@@ -285,8 +284,8 @@ const LlamaWeights& ModelBackend::whole_model(const Plan& plan) const {
   auto it = models_.find(key);
   if (it == models_.end()) {
     LlamaWeights w = read_all_weights(*source(plan));
-    if (plan.model.device == "cuda") {
-      const at::Device cuda(at::kCUDA);
+    if (plan.model.device != "cpu") {
+      const at::Device cuda(plan.model.device);
       w.embedding = w.embedding.to(cuda);
       w.output = w.config.tied_embeddings ? w.embedding : w.output.to(cuda);
       w.final_norm = w.final_norm.to(cuda);
@@ -484,11 +483,12 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   // evaluation windows' hidden states go through it (and through the full-precision layer
   // while the full-precision perplexity is not cached), then it is dropped. Zero-shot
   // scoring reads the quantized model many times over: its layers are kept when tasks run.
-  const at::Device device = plan.model.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  const at::Device device(plan.model.device);
   std::map<std::string, double> stage;
   const auto timed = [&](const char* name, auto&& work) {
     const double t = now_seconds();
     work();
+    synchronize_device(plan.model.device);  // GPU kernels run asynchronously
     stage[name] += now_seconds() - t;
   };
   LayerwiseBuilder builder(weights, plan.quant, in, device);
@@ -581,6 +581,7 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   record.attributes["calib_text"] = calib_text;
   record.attributes["tokenizer"] = plan.model.tokenizer.empty() ? "(token ids)" : plan.model.tokenizer;
   record.attributes["model_path"] = plan.model.path;
+  for (const auto& [key, value] : device_attributes(plan.model.device)) record.attributes[key] = value;
   record.attributes["placement"] = placement_name(plan.quant.model.placement);
   const std::string documents =
       plan.eval.text.size() > 6 && plan.eval.text.compare(plan.eval.text.size() - 6, 6, ".jsonl") == 0

@@ -151,7 +151,7 @@ LayerwiseBuilder::LayerwiseBuilder(WeightSourcePtr source, const ModelQuantConfi
   hooks_->head_act = with_bits(quant.act, config_.model.head_bits);
   double start = now_seconds();
   fp_embedding_ = on(source_->embedding(), device_);
-  timing_["read"] += now_seconds() - start;
+  add_seconds("read", start);
   embedding_ = fp_embedding_;
 
   if (config_.model.placement == Placement::residual) {
@@ -170,7 +170,7 @@ LayerwiseBuilder::LayerwiseBuilder(WeightSourcePtr source, const ModelQuantConfi
       fit_residual_first_pass();
     start = now_seconds();
     embedding_ = residual_->apply(fp_embedding_).contiguous();
-    timing_["fuse"] += now_seconds() - start;
+    add_seconds("fuse", start);
   }
 
   start = now_seconds();
@@ -182,7 +182,7 @@ LayerwiseBuilder::LayerwiseBuilder(WeightSourcePtr source, const ModelQuantConfi
   check_ = HiddenStream({TokenBatch{first_window, {}, {}}});
   check_fp_.embed(c, fp_embedding_, origin());
   check_.embed(c, embedding_, origin());
-  timing_["check"] += now_seconds() - start;
+  add_seconds("check", start);
   start = now_seconds();
   if (config_.model.placement == Placement::online && in_.method->reads_activations()) {
     calib_ = HiddenStream(calibration_batches(in_.calib_windows));
@@ -192,7 +192,12 @@ LayerwiseBuilder::LayerwiseBuilder(WeightSourcePtr source, const ModelQuantConfi
     calib_q_ = HiddenStream(calibration_batches(in_.calib_windows));
     calib_q_.embed(c, embedding_, origin());
   }
-  timing_["calib_forward"] += now_seconds() - start;
+  add_seconds("calib_forward", start);
+}
+
+void LayerwiseBuilder::add_seconds(const char* stage, double start) {
+  synchronize_device(device_.str());
+  timing_[stage] += now_seconds() - start;
 }
 
 QuantizedModelHooks LayerwiseBuilder::rotate_only() const {
@@ -206,7 +211,7 @@ LlamaLayer LayerwiseBuilder::read_layer(int64_t index) {
   const double start = now_seconds();
   LlamaLayer layer = source_->layer(index);
   move_layer(layer, device_);
-  timing_["read"] += now_seconds() - start;
+  add_seconds("read", start);
   return layer;
 }
 
@@ -240,13 +245,13 @@ void LayerwiseBuilder::fit_residual_first_pass() {
     LlamaLayer layer = read_layer(l);
     double start = now_seconds();
     fold_layer_norm_gains(layer);
-    timing_["fuse"] += now_seconds() - start;
+    add_seconds("fuse", start);
     if (with_x) {
       start = now_seconds();
       CaptureHooks capture({{l, LinearSite::attn_in}, {l, LinearSite::mlp_in}});
       stream.advance(c, layer, l, &capture);
       std::map<SiteKey, at::Tensor> captured = capture.take();
-      timing_["calib_forward"] += now_seconds() - start;
+      add_seconds("calib_forward", start);
       add_rows(captured.at({l, LinearSite::attn_in}));
       add_rows(captured.at({l, LinearSite::mlp_in}));
     }
@@ -271,7 +276,7 @@ void LayerwiseBuilder::fit_residual_first_pass() {
   const at::Tensor w = with_weights ? at::cat(ws, 0) : at::empty({0, c.dim}, at::kFloat);
   const double start = now_seconds();
   RotationPtr q = fit_site(in_, config_.quant, "residual", x, w);
-  timing_["fit"] += now_seconds() - start;
+  add_seconds("fit", start);
   set_residual(std::move(q));
 }
 
@@ -291,15 +296,15 @@ void LayerwiseBuilder::train_residual() {
   model.embedding = fp_embedding_;
   model.output = model.config.tied_embeddings ? model.embedding : on(model.output, device_);
   model.final_norm = on(model.final_norm, device_);
-  timing_["read"] += now_seconds() - start;
+  add_seconds("read", start);
   start = now_seconds();
   fold_norm_gains(model);
   if (value_head_) fuse_value_head_rotation(model, *value_head_);
   if (hooks_->down_rotation) fuse_down_input_rotation(model, *hooks_->down_rotation);
-  timing_["fuse"] += now_seconds() - start;
+  add_seconds("fuse", start);
   start = now_seconds();
   RotationPtr q = in_.residual_trainer(model, *hooks_);
-  timing_["fit"] += now_seconds() - start;
+  add_seconds("fit", start);
   if (in_.keep_rotations && in_.rotations_out) (*in_.rotations_out)["residual"] = q->factors();
   set_residual(std::move(q));
 }
@@ -318,7 +323,7 @@ void LayerwiseBuilder::transform_online(LlamaLayer& layer, int64_t l) {
   } else {  // a data-free rotation: the sites' widths are all it reads
     for (LinearSite site : kLayerSites) captured[{l, site}] = at::empty({0, site_width(c, site)}, at::kFloat);
   }
-  timing_["calib_forward"] += now_seconds() - start;
+  add_seconds("calib_forward", start);
   for (LinearSite site : kLayerSites) {
     throw_if_interrupted();
     const SiteKey key{l, site};
@@ -326,10 +331,10 @@ void LayerwiseBuilder::transform_online(LlamaLayer& layer, int64_t l) {
     const at::Tensor w = in_.method->reads_weights() ? layer_site_weight(layer, site)
                                                      : at::empty({0, site_width(c, site)}, at::kFloat);
     RotationPtr r = fit_site(in_, config_.quant, site_key_name(key), captured.at(key), w);
-    timing_["fit"] += now_seconds() - start;
+    add_seconds("fit", start);
     start = now_seconds();
     for (at::Tensor* t : layer_site_linears(layer, site)) *t = r->fuse_into(*t).contiguous();
-    timing_["fuse"] += now_seconds() - start;
+    add_seconds("fuse", start);
     hooks_->rotations[key] = std::shared_ptr<const Rotation>(std::move(r));
   }
 }
@@ -358,18 +363,18 @@ void LayerwiseBuilder::quantize_layer(LlamaLayer& layer, int64_t l) {
     HiddenStream probe = calib_q_;  // the layer before its weights are quantized; calib_q_ stays
     probe.advance(c, layer, l, &capture);
     inputs = capture.take();
-    timing_["calib_forward"] += now_seconds() - start;
+    add_seconds("calib_forward", start);
   }
   const double start = now_seconds();
   for (LinearSite site : kLayerSites) {
     const at::Tensor x = data_aware_ ? inputs.at({l, site}) : at::Tensor();
     for (at::Tensor* t : layer_site_linears(layer, site)) *t = quantize_linear_weight(*t, quant.weight, quant, x);
   }
-  timing_["quantize"] += now_seconds() - start;
+  add_seconds("quantize", start);
   if (data_aware_) {
     const double forward = now_seconds();
     calib_q_.advance(c, layer, l, &hooks);
-    timing_["calib_forward"] += now_seconds() - forward;
+    add_seconds("calib_forward", forward);
   }
 }
 
@@ -387,19 +392,19 @@ LayerwiseBuilder::Layer LayerwiseBuilder::next_layer() {
   LlamaLayer layer = out.fp;  // shares the tensors; every step below makes new ones
   double start = now_seconds();
   if (fold_) fold_layer_norm_gains(layer);
-  timing_["fuse"] += now_seconds() - start;
+  add_seconds("fuse", start);
   if (config_.model.placement == Placement::online) {
     transform_online(layer, l);
   } else {
     start = now_seconds();
     transform_residual(layer);
-    timing_["fuse"] += now_seconds() - start;
+    add_seconds("fuse", start);
   }
   start = now_seconds();
   QuantizedModelHooks hooks = rotate_only();
   check_fp_.advance(c, out.fp, l);
   check_.advance(c, layer, l, &hooks);
-  timing_["check"] += now_seconds() - start;
+  add_seconds("check", start);
   quantize_layer(layer, l);
   out.quantized = std::move(layer);
   return out;
@@ -415,14 +420,14 @@ void LayerwiseBuilder::finish() {
     fp_output_ = on(source_->output(), device_);
   else
     fp_output_ = fp_embedding_.defined() ? fp_embedding_ : on(source_->embedding(), device_);
-  timing_["read"] += now_seconds() - start;
+  add_seconds("read", start);
   start = now_seconds();
   final_norm_ = fp_final_norm_;
   output_ = fp_output_;
   if (fold_) fold_head_norm_gain(final_norm_, output_);  // a tied head is untied here
   if (residual_) output_ = residual_->fuse_into(output_).contiguous();
   head_untied_ = c.tied_embeddings && !output_.is_same(fp_output_);  // folded or rotated: a tensor of its own
-  timing_["fuse"] += now_seconds() - start;
+  add_seconds("fuse", start);
 
   start = now_seconds();
   QuantizedModelHooks hooks = rotate_only();
@@ -431,7 +436,7 @@ void LayerwiseBuilder::finish() {
   const auto [diff, ref] = logit_difference(fp_head, fp_output_, head, output_);
   fused_logit_error_ = std::sqrt(diff) / std::sqrt(ref);
   check_fp_ = check_ = HiddenStream();
-  timing_["check"] += now_seconds() - start;
+  add_seconds("check", start);
   if (!(fused_logit_error_ <= kMaxFusedLogitError))
     throw Error(fmt::format("the folded and fused model's logits differ from the original's by {:.3g} (relative, "
                             "before quantization; at most {:g} expected): the transform is not exact for this "
@@ -445,12 +450,12 @@ void LayerwiseBuilder::finish() {
       CaptureHooks capture({{-1, LinearSite::head}}, &hooks);
       for (size_t i = 0; i < calib_q_.batches().size(); ++i) calib_q_.head_input(i, c, final_norm_, &capture);
       inputs = capture.take().at({-1, LinearSite::head});
-      timing_["calib_forward"] += now_seconds() - start;
+      add_seconds("calib_forward", start);
     }
     start = now_seconds();
     output_ = quantize_linear_weight(output_, with_bits(config_.quant.weight, config_.model.head_bits), config_.quant,
                                      inputs);
-    timing_["quantize"] += now_seconds() - start;
+    add_seconds("quantize", start);
   }
   calib_ = calib_q_ = HiddenStream();
 }

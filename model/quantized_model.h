@@ -197,6 +197,9 @@ class LayerwiseBuilder {
   double fused_logit_error_ = 0.0;
   bool head_untied_ = false;
   std::map<std::string, double> timing_;
+  // timing_[stage] += now - start, after the device's queued work is done (GPU kernels run
+  // asynchronously).
+  void add_seconds(const char* stage, double start);
 };
 
 // The whole quantized model in memory (LayerwiseBuilder's layers collected): for text

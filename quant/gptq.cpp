@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/torch_compat.h"
 
 namespace sqlab {
 namespace {
@@ -182,7 +183,8 @@ at::Tensor gptq_quantize(const at::Tensor& w, const at::Tensor& hessian, const Q
   const at::ScalarType work = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const Grid grid = grid_of(spec);
   at::Tensor wt = w.to(work).t().contiguous();  // n x C: row i is column i of W
-  at::Tensor h = hessian.to(at::kDouble).clone();
+  // On w's device: a Hessian accumulated elsewhere (the CPU) meets W's columns below.
+  at::Tensor h = hessian.to(w.device(), at::kDouble).clone();
 
   // Per-channel (and per-tensor) scales from the original row, before dead columns are
   // zeroed, as in the reference implementation.
@@ -209,7 +211,7 @@ at::Tensor gptq_quantize(const at::Tensor& w, const at::Tensor& hessian, const Q
     std::vector<ChannelParams> groups;
     for (int64_t g = 0; g < n; g += spec.group_size)
       groups.push_back(params_of_columns(original.slice(0, g, g + spec.group_size), spec, grid));
-    const at::Tensor order_cpu = order.contiguous();
+    const at::Tensor order_cpu = order.to(at::kCPU).contiguous();  // read below (W may be on a GPU)
     std::vector<int64_t> group_of_column(n);
     for (int64_t i = 0; i < n; ++i) group_of_column[i] = order_cpu.data_ptr<int64_t>()[i] / spec.group_size;
     loop.use_static_groups(std::move(groups), std::move(group_of_column));

@@ -9,7 +9,15 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/torch_compat.h"
 #include "rotations/simd.h"
+
+#ifdef SQLAB_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "quant/fake_quant_cuda.h"
+#endif
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors: no ABI crosses this file
 
@@ -162,9 +170,40 @@ std::string QuantSpec::describe() const {
                      rounding == Rounding::smooth ? " smooth-rounding" : "");
 }
 
+#ifdef SQLAB_CUDA
+namespace {
+
+// The CUDA kernel (quant/fake_quant_cuda.h) for float32/float16/bfloat16 rows and groups.
+at::Tensor fake_quant_cuda(const at::Tensor& x, const QuantSpec& spec) {
+  const at::ScalarType dtype = x.scalar_type();
+  const cuda::RowDtype row_dtype = dtype == at::kHalf       ? cuda::RowDtype::float16
+                                   : dtype == at::kBFloat16 ? cuda::RowDtype::bfloat16
+                                                            : cuda::RowDtype::float32;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor in = x.contiguous();
+  at::Tensor out = at::empty_like(in);
+  const int64_t len = group_length(spec, in.size(1));
+  const Grid grid = grid_of(spec);
+  const cuda::FakeQuantJob job{in.data_ptr(), out.data_ptr(), in.numel() / std::max<int64_t>(len, 1),
+                               len, spec.symmetric, grid.qmin, grid.qmax, static_cast<float>(spec.clip),
+                               row_dtype, at::cuda::getCurrentCUDAStream(x.device().index()).stream()};
+  const std::string error = cuda::fake_quant(job);
+  if (!error.empty()) throw Error(fmt::format("quant: CUDA kernel failed: {}", error));
+  return out;
+}
+
+}  // namespace
+#endif
+
 at::Tensor fake_quant(const at::Tensor& x, const QuantSpec& spec) {
   check_input(x, spec);
   if (!spec.enabled()) return x;
+#ifdef SQLAB_CUDA
+  const at::ScalarType dtype = x.scalar_type();
+  if (x.is_cuda() && spec.granularity != Granularity::per_tensor &&
+      (dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16))
+    return fake_quant_cuda(x, spec);
+#endif
   // The fused kernel is float32 on the CPU; other dtypes and devices (data.device: cuda) take
   // the tensor path.
   if (x.scalar_type() != at::kFloat || spec.granularity == Granularity::per_tensor || !x.is_cpu()) {
@@ -212,16 +251,20 @@ at::Tensor fake_quant_ste(const at::Tensor& x, const QuantSpec& spec) {
     }
   }
   const at::Tensor scaled = grouped / scale;
-  at::Tensor rounded;
+  at::Tensor q;
   if (spec.rounding == Rounding::smooth) {
     // Smooth control: u - sin(2 pi u) / (2 pi), differentiable with slope 1 - cos(2 pi u).
     constexpr double two_pi = 6.283185307179586476925286766559;
-    rounded = scaled - at::sin(scaled * two_pi) / two_pi;
+    q = at::clamp(scaled - at::sin(scaled * two_pi) / two_pi + zero, grid.qmin, grid.qmax);
   } else {
-    // Straight-through rounding: forward rounds, backward is the identity.
-    rounded = scaled + (at::round(scaled) - scaled).detach();
+    // Straight-through rounding: the forward value is exactly clamp(round(u) + z) and the
+    // gradient is the identity where round(u) + z lies on the grid, zero where it is clamped.
+    // (Written as v + (q - v).detach(), the forward value is off by an ulp, and whether a
+    // grid end counts as clamped then depends on the LibTorch version's arithmetic.)
+    const at::Tensor target = at::round(scaled).detach() + zero;
+    const at::Tensor on_grid = ((target >= grid.qmin) & (target <= grid.qmax)).to(scaled.scalar_type());
+    q = at::clamp(target, grid.qmin, grid.qmax) + (scaled - scaled.detach()) * on_grid;
   }
-  const at::Tensor q = at::clamp(rounded + zero, grid.qmin, grid.qmax);
   return ((q - zero) * scale).reshape(x.sizes());
 }
 

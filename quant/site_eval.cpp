@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/torch_compat.h"
 #include "quant/histogram.h"
 #include "quant/metrics.h"
 #include "quant/weight_quant.h"
@@ -53,7 +54,7 @@ void check_tensor(const Site& site, const at::Tensor& t, const char* name) {
 }
 
 std::vector<double> to_vector(const at::Tensor& t) {
-  const at::Tensor d = t.to(at::kDouble).contiguous();
+  const at::Tensor d = t.to(at::kCPU, at::kDouble).contiguous();  // (data.device: cuda)
   return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
 }
 
@@ -83,7 +84,7 @@ void check_site(const Site& site) {
 std::vector<int64_t> detect_outlier_tokens(const at::Tensor& x, double threshold) {
   const at::Tensor token_absmax = x.abs().amax(1).to(at::kDouble);
   const double median = token_absmax.median().item<double>();
-  const at::Tensor picked = at::nonzero(token_absmax > threshold * median).reshape({-1}).contiguous();
+  const at::Tensor picked = at::nonzero(token_absmax > threshold * median).reshape({-1}).to(at::kCPU).contiguous();
   return std::vector<int64_t>(picked.data_ptr<int64_t>(), picked.data_ptr<int64_t>() + picked.numel());
 }
 
@@ -93,6 +94,7 @@ void outlier_token_split(const at::Tensor& quantized, const at::Tensor& referenc
   const at::Tensor signal_energy = reference.to(at::kDouble).pow(2).sum(1);
   at::Tensor is_outlier = at::zeros({reference.size(0)}, at::kBool);
   for (int64_t t : outlier_tokens) is_outlier[t] = true;
+  is_outlier = is_outlier.to(error_energy.device());
   const double err_out = error_energy.masked_select(is_outlier).sum().item<double>();
   const double ref_out = signal_energy.masked_select(is_outlier).sum().item<double>();
   const double err_other = error_energy.sum().item<double>() - err_out;
@@ -109,15 +111,18 @@ SiteEvaluation evaluate_site(const Site& site, const Rotation& rotation, const Q
   SiteEvaluation result;
   auto start = std::chrono::steady_clock::now();
   const at::Tensor xr = rotation.apply(site.X);
+  wait_for_device(xr);  // data.device: cuda runs asynchronously
   result.rotate_seconds = seconds_since(start);
   start = std::chrono::steady_clock::now();
   const at::Tensor wr = rotation.fuse_into(site.W);
+  wait_for_device(wr);
   result.fuse_seconds = seconds_since(start);
   result.apply_seconds = result.rotate_seconds + result.fuse_seconds;
 
   // RTN or GPTQ; GPTQ's Hessian comes from the rotated activations X R.
   start = std::chrono::steady_clock::now();
   const at::Tensor wq = quantize_weights(wr, &xr, quant);
+  wait_for_device(wq);
   result.weight_quant_seconds = seconds_since(start);
 
   start = std::chrono::steady_clock::now();

@@ -13,7 +13,7 @@ BlockDiagonalRotation::BlockDiagonalRotation(const at::Tensor& blocks, std::stri
   if (blocks.dim() != 3 || blocks.size(1) != blocks.size(2) || blocks.numel() == 0)
     throw Error(fmt::format("block-diagonal rotation: expected K x b x b blocks, got [{}]",
                             fmt::join(blocks.sizes(), ", ")));
-  blocks64_ = blocks.to(at::kDouble).contiguous();
+  blocks64_ = blocks.to(at::kCPU, at::kDouble).contiguous();  // kept on the CPU (device_copies.h)
   blocks32_ = blocks64_.to(at::kFloat);
 }
 
@@ -21,7 +21,7 @@ BlockDiagonalRotation::BlockDiagonalRotation(const at::Tensor& blocks, std::stri
 at::Tensor BlockDiagonalRotation::run(const at::Tensor& x, bool inverse) const {
   check_rotation_input(*this, x, "block-diagonal rotation");
   const bool is_double = x.scalar_type() == at::kDouble;
-  const at::Tensor& blocks = is_double ? blocks64_ : blocks32_;
+  const at::Tensor blocks = on_device_.on_device_of(is_double ? blocks64_ : blocks32_, x);
   const at::Tensor in = is_double || x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
   const int64_t k = block_count(), b = block_size();
   const at::Tensor per_block = in.reshape({-1, k, b}).transpose(0, 1);  // K x M x b
@@ -47,7 +47,7 @@ PermutationRotation::PermutationRotation(const at::Tensor& source, std::string d
     : description_(std::move(description)) {
   if (source.dim() != 1 || source.numel() == 0)
     throw Error("permutation: expected a non-empty vector of indices");
-  source_ = source.to(at::kLong).contiguous();
+  source_ = source.to(at::kCPU, at::kLong).contiguous();
   const int64_t n = source_.numel();
   inverse_ = at::full({n}, -1, at::kLong);
   inverse_.index_put_({source_.clamp(0, n - 1)}, at::arange(n, at::kLong));
@@ -58,12 +58,12 @@ PermutationRotation::PermutationRotation(const at::Tensor& source, std::string d
 
 at::Tensor PermutationRotation::apply(const at::Tensor& x) const {
   check_rotation_input(*this, x, "permutation");
-  return x.index_select(-1, source_);
+  return x.index_select(-1, on_device_.on_device_of(source_, x));
 }
 
 at::Tensor PermutationRotation::apply_inverse(const at::Tensor& y) const {
   check_rotation_input(*this, y, "permutation");
-  return y.index_select(-1, inverse_);
+  return y.index_select(-1, on_device_.on_device_of(inverse_, y));
 }
 
 at::Tensor PermutationRotation::dense() const {

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/rotation.h"
+#include "rotations/device_copies.h"
 
 namespace sqlab {
 
@@ -36,6 +37,7 @@ class BlockDiagonalRotation : public Rotation {
  private:
   at::Tensor run(const at::Tensor& x, bool inverse) const;
   at::Tensor blocks64_, blocks32_;
+  DeviceCopies on_device_;
   std::string description_;
 };
 
@@ -56,6 +58,7 @@ class PermutationRotation : public Rotation {
 
  private:
   at::Tensor source_, inverse_;
+  DeviceCopies on_device_;
   std::string description_;
 };
 

@@ -35,7 +35,7 @@ DenseRotation::DenseRotation(const at::Tensor& matrix, std::string description)
   if (matrix.dim() != 2 || matrix.size(0) != matrix.size(1))
     throw Error(fmt::format("dense rotation: expected a square matrix, got [{}]",
                             fmt::join(matrix.sizes(), ", ")));
-  matrix64_ = matrix.to(at::kDouble).contiguous();
+  matrix64_ = matrix.to(at::kCPU, at::kDouble).contiguous();  // kept on the CPU (device_copies.h)
   matrix32_ = matrix64_.to(at::kFloat);
 }
 
@@ -47,12 +47,12 @@ const at::Tensor& DenseRotation::matrix_for(const at::Tensor& x) const {
 
 at::Tensor DenseRotation::apply(const at::Tensor& x) const {
   check_rotation_input(*this, x, "dense rotation");
-  return at::matmul(x, matrix_for(x));
+  return at::matmul(x, on_device_.on_device_of(matrix_for(x), x));
 }
 
 at::Tensor DenseRotation::apply_inverse(const at::Tensor& y) const {
   check_rotation_input(*this, y, "dense rotation");
-  return at::matmul(y, matrix_for(y).t());
+  return at::matmul(y, on_device_.on_device_of(matrix_for(y), y).t());
 }
 
 ComposedRotation::ComposedRotation(RotationPtr first, RotationPtr second, std::string description)

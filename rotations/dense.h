@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/rotation.h"
+#include "rotations/device_copies.h"
 
 namespace sqlab {
 
@@ -39,6 +40,7 @@ class DenseRotation : public Rotation {
   const at::Tensor& matrix_for(const at::Tensor& x) const;
   at::Tensor matrix64_;
   at::Tensor matrix32_;
+  DeviceCopies on_device_;
   std::string description_;
 };
 

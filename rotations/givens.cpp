@@ -55,6 +55,9 @@ void rotate_rows_of_transpose(at::Tensor& mt, const std::vector<Givens>& rotatio
 
 at::Tensor apply_givens_right(const at::Tensor& m, const std::vector<Givens>& rotations) {
   if (m.dim() != 2) throw Error("givens: expected a 2-D matrix");
+  // The in-place kernel reads raw CPU memory; on another device, one GEMM with the product
+  // (built on the CPU, moved to m's device).
+  if (!m.is_cpu()) return at::matmul(m.to(at::kDouble), givens_product(m.size(1), rotations).to(m.device()));
   at::Tensor mt = m.to(at::kDouble).t().contiguous();
   rotate_rows_of_transpose(mt, rotations);
   return mt.t().contiguous();

@@ -16,6 +16,13 @@
 #include "rotations/hadamard_matrices.h"
 #include "rotations/simd_gemm.h"
 
+#ifdef SQLAB_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "rotations/hadamard_cuda.h"
+#endif
+
 namespace sqlab {
 namespace {
 
@@ -333,11 +340,13 @@ HadamardRotation::HadamardRotation(int64_t n, const at::Tensor& signs, std::stri
     padded.narrow(1, 0, m_).copy_(inverse ? base64_.t() : base64_);
     padded_base_[1][inverse] = padded;
     padded_base_[0][inverse] = padded.to(at::kFloat);
+    base_[1][inverse] = (inverse ? base64_.t() : base64_).contiguous();
+    base_[0][inverse] = base_[1][inverse].to(at::kFloat);
   }
   if (signs.defined()) {
     if (signs.numel() != n)
       throw Error(fmt::format("hadamard: {} signs given for order {}", signs.numel(), n));
-    signs64_ = signs.to(at::kDouble).reshape({n}).contiguous();
+    signs64_ = signs.to(at::kCPU, at::kDouble).reshape({n}).contiguous();
     if (!signs64_.abs().eq(1.0).all().item<bool>())
       throw Error("hadamard: signs must be +1 or -1");
     signs32_ = signs64_.to(at::kFloat);
@@ -364,6 +373,7 @@ at::Tensor HadamardRotation::run(const at::Tensor& x, bool inverse) const {
   if (!at::isFloatingType(dtype))
     throw Error(fmt::format("hadamard: expected a floating-point tensor, got {}",
                             c10::toString(dtype)));
+  if (!x.is_cpu()) return run_on_device(x, inverse);
   const bool is_double = dtype == at::kDouble;
   const at::Tensor input = (is_double || dtype == at::kFloat ? x : x.to(at::kFloat)).contiguous();
   const int64_t rows = input.numel() / n_;
@@ -396,6 +406,81 @@ at::Tensor HadamardRotation::run(const at::Tensor& x, bool inverse) const {
   result = result.view(x.sizes());
   return result.scalar_type() == dtype ? result : result.to(dtype);
 }
+
+at::Tensor HadamardRotation::run_on_device(const at::Tensor& x, bool inverse) const {
+  if (x.is_cuda() && x.scalar_type() != at::kDouble) {
+    const at::Tensor result = run_cuda(x, inverse);
+    if (result.defined()) return result;
+  }
+  return apply_portable(x, inverse);
+}
+
+at::Tensor HadamardRotation::apply_portable(const at::Tensor& x, bool inverse) const {
+  check_rotation_input(*this, x, "hadamard");
+  const at::ScalarType dtype = x.scalar_type();
+  const bool is_double = dtype == at::kDouble;
+  at::Tensor y = (is_double ? x : x.to(at::kFloat)).reshape({-1, n_});
+  const int64_t rows = y.size(0);
+  // apply: x R = (x * s / sqrt(n)) (S_p (x) H_m); inverse: y R^T = (y / sqrt(n)) (S_p (x) H_m^T) * s.
+  if (!inverse && has_signs())
+    y = y * on_device_.on_device_of(is_double ? scaled_signs64_ : scaled_signs32_, y);
+  else
+    y = y * inverse_sqrt(n_);
+  for (int64_t h = 1; h < p_; h *= 2) {  // S_p (x) I_m: butterflies at distances m 2^s
+    const at::Tensor pairs = y.view({rows, p_ / (2 * h), 2, h * m_});
+    const at::Tensor a = pairs.select(2, 0), b = pairs.select(2, 1);
+    y = at::stack({a + b, a - b}, 2).view({rows, n_});
+  }
+  if (m_ > 1)  // I_p (x) H_m: one GEMM over runs of m channels
+    y = at::matmul(y.view({rows * p_, m_}), on_device_.on_device_of(base_[is_double][inverse], y)).view({rows, n_});
+  if (inverse && has_signs()) y = y * on_device_.on_device_of(is_double ? signs64_ : signs32_, y);
+  y = y.view(x.sizes());
+  return y.scalar_type() == dtype ? y : y.to(dtype);
+}
+
+#ifdef SQLAB_CUDA
+at::Tensor HadamardRotation::run_cuda(const at::Tensor& x, bool inverse) const {
+  const at::ScalarType dtype = x.scalar_type();
+  const cuda::RowDtype row_dtype = dtype == at::kHalf       ? cuda::RowDtype::float16
+                                   : dtype == at::kBFloat16 ? cuda::RowDtype::bfloat16
+                                                            : cuda::RowDtype::float32;
+  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) return {};
+  if (n_ > cuda::max_row_length(x.device().index())) return {};  // beyond shared memory
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor input = x.contiguous();
+  const int64_t rows = input.numel() / n_;
+  const bool kernel_base = m_ > 1 && m_ <= cuda::kMaxKernelBase;
+  // A larger base is a GEMM (tensor cores) before the kernel (inverse, where the signs come
+  // last) or after it (apply); the two parts commute.
+  const at::Tensor gemm_base =
+      m_ > 1 && !kernel_base ? on_device_.on_device_of(base_[0][inverse], input).to(dtype) : at::Tensor();
+  const at::Tensor kernel_in = gemm_base.defined() && inverse
+                                   ? at::matmul(input.view({rows * p_, m_}), gemm_base).view({rows, n_})
+                                   : input;
+  at::Tensor result = at::empty({rows, n_}, input.options());
+  const at::Tensor pre = !inverse && has_signs() ? on_device_.on_device_of(scaled_signs32_, input) : at::Tensor();
+  const at::Tensor post = inverse && has_signs() ? on_device_.on_device_of(signs32_, input) : at::Tensor();
+  const at::Tensor base = kernel_base ? on_device_.on_device_of(base_[0][inverse], input) : at::Tensor();
+  const cuda::WalshHadamardJob job{kernel_in.data_ptr(),
+                                   result.data_ptr(),
+                                   rows,
+                                   n_,
+                                   m_,
+                                   pre.defined() ? pre.data_ptr<float>() : nullptr,
+                                   static_cast<float>(inverse_sqrt(n_)),
+                                   post.defined() ? post.data_ptr<float>() : nullptr,
+                                   base.defined() ? base.data_ptr<float>() : nullptr,
+                                   row_dtype,
+                                   at::cuda::getCurrentCUDAStream(x.device().index()).stream()};
+  const std::string error = cuda::walsh_hadamard(job);
+  if (!error.empty()) throw Error(fmt::format("hadamard: CUDA kernel failed at n = {}: {}", n_, error));
+  if (gemm_base.defined() && !inverse)
+    result = at::matmul(result.view({rows * p_, m_}), gemm_base).view({rows, n_});
+  return result.view(x.sizes());
+}
+#else
+at::Tensor HadamardRotation::run_cuda(const at::Tensor&, bool) const { return {}; }
+#endif
 
 at::Tensor HadamardRotation::dense() const {
   at::Tensor h = at::kron(sylvester_matrix(p_), base64_) * inverse_sqrt(n_);

@@ -16,6 +16,10 @@
 //
 // apply()/apply_inverse() work on (..., n) tensors of float32 or float64 (other floating
 // dtypes are computed in float32 and cast back). They are not differentiable (raw kernels).
+// On the CPU they run the SIMD kernel below; on a CUDA device (a SQLAB_CUDA build) the CUDA
+// kernel of rotations/hadamard_cuda.h in the tensor's own dtype (float32, float16, bfloat16;
+// float32 arithmetic in shared memory); elsewhere, and for float64 on a device, the same
+// transform in ATen operations (apply_portable).
 #pragma once
 
 #include <ATen/core/Generator.h>
@@ -26,6 +30,7 @@
 #include <string>
 
 #include "core/rotation.h"
+#include "rotations/device_copies.h"
 #include "rotations/simd.h"
 
 namespace sqlab {
@@ -53,6 +58,10 @@ class HadamardRotation : public Rotation {
   at::Tensor apply(const at::Tensor& x) const override;
   at::Tensor apply_inverse(const at::Tensor& y) const override;
   at::Tensor dense() const override;
+  // The same transform in ATen operations on x's device (log2(p) butterfly passes and one
+  // GEMM): what a device without sqlab's kernels runs, and what the tests compare the
+  // kernels with. float64 stays float64, other dtypes are computed in float32.
+  at::Tensor apply_portable(const at::Tensor& x, bool inverse = false) const;
   // {"R": dense()} for n <= kDenseFactorLimit; above it (a dense 28672 x 28672 float64 matrix
   // is 6.6 GB) the compact form {"H_base": (m x m, +-1), "signs": (1 x n, all +1 without
   // signs)}, from which R = diag(signs) (S_p (x) H_base) / sqrt(n), p = n / m, S_p the
@@ -69,6 +78,8 @@ class HadamardRotation : public Rotation {
 
  private:
   at::Tensor run(const at::Tensor& x, bool inverse) const;
+  at::Tensor run_on_device(const at::Tensor& x, bool inverse) const;
+  at::Tensor run_cuda(const at::Tensor& x, bool inverse) const;  // undefined: not taken
 
   int64_t n_ = 0, m_ = 1, p_ = 1;
   at::Tensor base64_;                     // H_m (+-1), m x m, float64
@@ -78,6 +89,8 @@ class HadamardRotation : public Rotation {
   int64_t base_stride_ = 0;
   at::Tensor signs64_, signs32_;          // s (+-1)
   at::Tensor scaled_signs64_, scaled_signs32_;  // s / sqrt(n)
+  at::Tensor base_[2][2];                 // H_m and H_m^T, contiguous, [double][inverse]
+  DeviceCopies on_device_;                // the parameters above on a tensor's device
   std::string description_;
 };
 

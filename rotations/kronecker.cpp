@@ -22,7 +22,7 @@ at::Tensor checked_factor(const at::Tensor& r, const char* name) {
                             r.defined() ? fmt::format("{}", fmt::join(r.sizes(), ", ")) : "undefined"));
   if (!at::isFloatingType(r.scalar_type()))
     throw Error(fmt::format("kronecker rotation: factor {} must be floating point", name));
-  return r.to(at::kDouble).contiguous();
+  return r.to(at::kCPU, at::kDouble).contiguous();  // kept on the CPU (device_copies.h)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ at::Tensor KroneckerRotation::run(const at::Tensor& x, bool inverse) const {
 
   at::Tensor result;
   if (!flat.is_cpu()) {  // data.device: cuda: the two GEMMs on the tensor's device
-    result = blas_apply(flat, left.to(flat.device()), right.to(flat.device()), n1_, n2_);
+    result = blas_apply(flat, on_device_.on_device_of(left, flat), on_device_.on_device_of(right, flat), n1_, n2_);
   } else if (n1_ == 1) {
     result = at::mm(flat, right * left);  // left is the 1 x 1 factor
   } else if (n2_ == 1) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/rotation.h"
+#include "rotations/device_copies.h"
 
 namespace sqlab {
 }
@@ -53,6 +54,7 @@ class KroneckerRotation : public Rotation {
   // apply: L = R1^T, Q = R2; inverse: L = R1, Q = R2^T. Index [double][inverse].
   at::Tensor left_[2][2], right_[2][2];
   at::Tensor right_padded_[2][2];  // right_, zero-padded to n2 x (n2 rounded up to 16)
+  DeviceCopies on_device_;
   std::string description_;
 };
 

@@ -13,14 +13,14 @@ DiagonalScaling::DiagonalScaling(const at::Tensor& scales, std::string descripti
   if (scales.dim() != 1 || scales.numel() == 0)
     throw Error(fmt::format("diagonal scaling: expected a non-empty vector of scales, got [{}]",
                             fmt::join(scales.sizes(), ", ")));
-  scales64_ = scales.to(at::kDouble).contiguous();
+  scales64_ = scales.to(at::kCPU, at::kDouble).contiguous();  // kept on the CPU (device_copies.h)
   if (!(scales64_ > 0).all().item<bool>() || !at::isfinite(scales64_).all().item<bool>())
     throw Error("diagonal scaling: every scale must be positive and finite");
   scales32_ = scales64_.to(at::kFloat);
 }
 
-const at::Tensor& DiagonalScaling::scales_for(const at::Tensor& x) const {
-  return x.scalar_type() == at::kDouble ? scales64_ : scales32_;
+at::Tensor DiagonalScaling::scales_for(const at::Tensor& x) const {
+  return on_device_.on_device_of(x.scalar_type() == at::kDouble ? scales64_ : scales32_, x);
 }
 
 at::Tensor DiagonalScaling::apply(const at::Tensor& x) const {

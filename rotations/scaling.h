@@ -12,6 +12,7 @@
 #include <string>
 
 #include "core/rotation.h"
+#include "rotations/device_copies.h"
 
 namespace sqlab {
 
@@ -30,8 +31,9 @@ class DiagonalScaling : public Rotation {
   const at::Tensor& scales() const { return scales64_; }  // s, float64
 
  private:
-  const at::Tensor& scales_for(const at::Tensor& x) const;
+  at::Tensor scales_for(const at::Tensor& x) const;
   at::Tensor scales64_, scales32_;
+  DeviceCopies on_device_;
   std::string description_;
 };
 

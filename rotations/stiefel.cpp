@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/torch_compat.h"
 
 namespace sqlab {
 

@@ -20,9 +20,9 @@ cd "${1:-$(dirname "$0")/..}"
 # folder -> what its files may include besides their own folder (space-separated
 # prefixes; a prefix ending in .h is one file).
 declare -A allowed=(
-  [io]="core/error.h core/json_nesting.h"
-  [rotations]="core/error.h core/rotation.h"
-  [quant]="core/error.h core/rotation.h core/site.h core/run_record.h rotations/simd.h"
+  [io]="core/error.h core/json_nesting.h core/torch_compat.h"
+  [rotations]="core/error.h core/rotation.h core/torch_compat.h"
+  [quant]="core/error.h core/rotation.h core/site.h core/run_record.h core/torch_compat.h rotations/simd.h rotations/hadamard_cuda.h"
   [core]="quant/ rotations/ io/"
   [methods]="core/ quant/ rotations/ io/"
   [tasks]="core/ io/"

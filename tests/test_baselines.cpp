@@ -4,8 +4,6 @@
 // experiment keys that reach them (per-entry quant, sweeps into steps).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
-#include <torch/types.h>
-#include <torch/linalg.h>
 
 #include <set>
 
@@ -109,7 +107,7 @@ at::Tensor reference_gptq(at::Tensor w, at::Tensor h, const QuantSpec& spec, dou
   w = w.index_select(1, perm);
   h = h.index_select(0, perm).index_select(1, perm);
   h += at::eye(n, at::kDouble) * (damp * h.diagonal().mean().item<double>());
-  const at::Tensor hinv = torch::linalg::cholesky(torch::linalg::inv(h)).t();  // upper: (L)^T
+  const at::Tensor hinv = at::linalg_cholesky(at::linalg_inv(h)).t();  // upper: (L)^T
   at::Tensor q = at::zeros_like(w);
   for (int64_t i = 0; i < n; ++i) {
     if (spec.granularity == Granularity::per_group) {

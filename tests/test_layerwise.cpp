@@ -236,8 +236,8 @@ size_t allocated_bytes() {
   return value;
 }
 
-// The builder holds the layer it builds, not the model: the bytes allocated after each
-// layer stay within a few layers' float32 size while the whole model is 12 of them.
+// The builder holds the layer it builds, not the model: the bytes allocated do not grow from
+// one layer to the next, and stay under half the model's float32 size (12 layers).
 TEST(Layerwise, BuildingHoldsAboutOneLayerNotTheModel) {
   if (!MallocExtension_GetNumericProperty) GTEST_SKIP() << "no tcmalloc (sanitizer build): bytes not countable";
   LlamaConfig c = small_config();
@@ -262,13 +262,19 @@ TEST(Layerwise, BuildingHoldsAboutOneLayerNotTheModel) {
   const WeightSourcePtr source = open_weights(dir.file("hf"));
   EXPECT_LT(static_cast<int64_t>(allocated_bytes() - before), layer_bytes / 4) << "opening read tensors";
   LayerwiseBuilder builder(source, config, in);
-  int64_t most = 0;
+  int64_t first = 0, most = 0;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     builder.next_layer();  // dropped at once, as the runner drops it after its streams
-    most = std::max(most, static_cast<int64_t>(allocated_bytes() - before));
+    const int64_t now = static_cast<int64_t>(allocated_bytes() - before);
+    if (l == 0) first = now;
+    most = std::max(most, now);
   }
   builder.finish();
-  EXPECT_LT(most, 3 * layer_bytes) << "the model is " << c.n_layers * layer_bytes << " bytes";
+  // The first layer may leave LibTorch's one-time caches behind (LibTorch 2.x: ~9.4 MB when
+  // other tests ran before in this process, none on 1.13); after it nothing may accumulate:
+  // a builder that keeps its layers adds one layer per layer.
+  EXPECT_LT(first, c.n_layers / 2 * layer_bytes) << "the model is " << c.n_layers * layer_bytes << " bytes";
+  EXPECT_LT(most - first, layer_bytes) << "the model is " << c.n_layers * layer_bytes << " bytes";
   // The check can fail: the whole model read into memory is over the bound.
   const LlamaWeights whole = read_all_weights(*source);
   EXPECT_GT(static_cast<int64_t>(allocated_bytes() - before), 3 * layer_bytes);

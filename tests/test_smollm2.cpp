@@ -20,6 +20,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/method.h"
+#include "core/torch_compat.h"
 #include "methods/builtin.h"
 #include "model/gguf_checkpoint.h"
 #include "model/llama.h"
