@@ -23,6 +23,8 @@
 #   6. writes OUT/gpu_check.json: the device and versions, each step's status and seconds,
 #      the copy bandwidth, x_copy per kernel, dtype and width, and the 7B pass seconds.
 # Each step's output is in OUT/STEP.log. Exit status 0 when every step passed.
+# SQLAB_GPU_CHECK_STEPS="unpack configure" runs only the steps named (a dry run of the set-up
+# on any machine with a PyTorch: the CMake cache then shows what was found where).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -37,10 +39,13 @@ arch=$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)
 steps_file="$out/steps.tsv"
 : > "$steps_file"
 
+wanted=${SQLAB_GPU_CHECK_STEPS:-unpack configure build gpu_tests bench site_7b model_7b}
+
 # step NAME COMMAND...: runs it with its output in OUT/NAME.log; records status and seconds.
 step() {
   local name=$1
   shift
+  [[ " $wanted " == *" $name "* ]] || return 0
   local t0 status
   t0=$(date +%s%N)
   echo "== $name ($(( $(date +%s) - start )) s so far)"
