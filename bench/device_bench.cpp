@@ -49,12 +49,12 @@ const at::Tensor& block(at::ScalarType dtype, int64_t n) {
 // Manual time: kRepeats launches, one synchronization, the mean per launch.
 void timed(benchmark::State& state, at::ScalarType dtype, int64_t n, const std::function<void()>& body, bool is_copy) {
   body();
-  synchronize_device("cuda");
+  wait_for_device(at::Device(at::kCUDA));
   double total = 0.0;
   for (auto _ : state) {
     const double start = now();
     for (int i = 0; i < kRepeats; ++i) body();
-    synchronize_device("cuda");
+    wait_for_device(at::Device(at::kCUDA));
     const double seconds = (now() - start) / kRepeats;
     state.SetIterationTime(seconds);
     total += seconds;

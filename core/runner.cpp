@@ -17,6 +17,7 @@
 #include "core/record_fit_log.h"
 #include "core/recorder.h"
 #include "core/system.h"
+#include "core/torch_compat.h"
 #include "quant/site_eval.h"
 
 namespace sqlab {
@@ -93,7 +94,7 @@ void evaluate_one_site(const PreparedRun& p, const Site& loaded, bool prefixed, 
   RecordFitLog log(record, metrics, prefixed ? site.name : "", prefix, p.record.traces, warnings);
   const double start = now_seconds();
   RotationPtr rotation = p.method->fit(FitContext{site, p.quant, static_cast<uint64_t>(p.spec->seed), log});
-  synchronize_device(p.device);
+  wait_for_device(at::Device(p.device));
   const double build = now_seconds() - start;
   timing["build"] += build;
   if (!rotation || rotation->size() != site.X.size(1))

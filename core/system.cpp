@@ -19,7 +19,6 @@
 
 #ifdef SQLAB_CUDA
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAFunctions.h>
 #include <cuda_runtime_api.h>
 #endif
 
@@ -90,12 +89,6 @@ namespace {
 std::string cuda_version_text(int version) { return fmt::format("{}.{}", version / 1000, version % 1000 / 10); }
 }  // namespace
 #endif
-
-void synchronize_device(const std::string& device) {
-#ifdef SQLAB_CUDA
-  if (device != "cpu" && at::Device(device).is_cuda()) c10::cuda::device_synchronize();
-#endif
-}
 
 std::map<std::string, std::string> device_attributes(const std::string& device) {
   std::map<std::string, std::string> out{{"device", device}, {"libtorch_version", libtorch_version()}};

@@ -31,10 +31,6 @@ double peak_rss_mib();
 // True when stderr is a terminal (progress display).
 bool stderr_is_terminal();
 
-// Waits for the work queued on `device` ("cuda", "cuda:N"; nothing to wait for on "cpu"):
-// GPU kernels run asynchronously, so a stage's seconds are read after this.
-void synchronize_device(const std::string& device);
-
 // What a run on `device` ("cpu", "cuda", "cuda:N") records about where it ran: always
 // `device` and `libtorch_version`; on CUDA `device_name`, `device_capability`,
 // `cuda_driver` and `cuda_runtime` (versions as "13.0").

@@ -30,12 +30,15 @@ inline int cuda_device_count() {
   return at::detail::getCUDAHooks().hasCUDA() ? at::detail::getCUDAHooks().getNumGPUs() : 0;
 }
 
-// Waits for the work queued on t's device: GPU kernels run asynchronously, so a stage's
-// seconds are read after this. Nothing to wait for on the CPU (or in a CPU build).
-inline void wait_for_device(const at::Tensor& t) {
+// Waits for the work queued on `device` (or t's device): GPU kernels run asynchronously, so
+// a stage's seconds are read after this. Nothing to wait for on the CPU (or in a CPU build).
+inline void wait_for_device(const at::Device& device) {
 #ifdef SQLAB_CUDA
-  if (t.defined() && t.is_cuda()) c10::cuda::device_synchronize();
+  if (device.is_cuda()) c10::cuda::device_synchronize();
 #endif
+}
+inline void wait_for_device(const at::Tensor& t) {
+  if (t.defined()) wait_for_device(t.device());
 }
 
 }  // namespace sqlab

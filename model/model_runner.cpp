@@ -488,7 +488,7 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   const auto timed = [&](const char* name, auto&& work) {
     const double t = now_seconds();
     work();
-    synchronize_device(plan.model.device);  // GPU kernels run asynchronously
+    wait_for_device(device);  // GPU kernels run asynchronously
     stage[name] += now_seconds() - t;
   };
   LayerwiseBuilder builder(weights, plan.quant, in, device);

@@ -9,6 +9,7 @@
 #include "core/quant_config.h"
 #include "core/random.h"
 #include "core/system.h"
+#include "core/torch_compat.h"
 #include "model/fold.h"
 #include "rotations/hadamard.h"
 
@@ -196,7 +197,7 @@ LayerwiseBuilder::LayerwiseBuilder(WeightSourcePtr source, const ModelQuantConfi
 }
 
 void LayerwiseBuilder::add_seconds(const char* stage, double start) {
-  synchronize_device(device_.str());
+  wait_for_device(device_);
   timing_[stage] += now_seconds() - start;
 }
 
