@@ -27,7 +27,8 @@ ScoredTokens score_positions(const at::Tensor& head_input, const TokenBatch& bat
   out.greedy.reserve(static_cast<size_t>(n));
   for (int64_t begin = 0; begin < n; begin += chunk) {
     const int64_t count = std::min(chunk, n - begin);
-    const at::Tensor picked = flat.index_select(0, select.narrow(0, begin, count).to(device));
+    const at::Tensor picked =
+        flat.index_select(0, select.narrow(0, begin, count).to(device)).to(output.scalar_type());
     const at::Tensor logp = at::log_softmax(at::linear(picked, output).to(at::kDouble), -1);
     const at::Tensor target = targets.narrow(0, begin, count).to(device).unsqueeze(1);
     const at::Tensor chosen = logp.gather(1, target).squeeze(1).cpu().contiguous();
@@ -84,7 +85,7 @@ void HiddenStream::store(size_t i, const at::Tensor& h_in) {
 
 at::Tensor HiddenStream::hidden(size_t i) const {
   if (offsets_.at(i) < 0) return hidden_.at(i);
-  at::Tensor h = at::empty(shapes_[i], at::kFloat);
+  at::Tensor h = at::empty(shapes_[i], dtype_);
   const int64_t bytes = h.numel() * static_cast<int64_t>(h.element_size());
   char* data = static_cast<char*>(h.data_ptr());
   for (int64_t done = 0; done < bytes;) {
@@ -102,11 +103,14 @@ void HiddenStream::embed(const LlamaConfig& config, const at::Tensor& embedding,
   shapes_.assign(batches_.size(), {});
   in_memory_ = spilled_bytes_ = 0;
   scratch_fd_.reset();
-  for (size_t i = 0; i < batches_.size(); ++i) store(i, llama_embed(config, embedding, batches_[i].tokens, origin));
+  for (size_t i = 0; i < batches_.size(); ++i)
+    store(i, llama_embed(config, embedding, batches_[i].tokens, origin).to(dtype_));
 }
 
-void HiddenStream::advance(const LlamaConfig& config, const LlamaLayer& layer, int64_t index, ForwardHooks* hooks) {
+void HiddenStream::advance(const LlamaConfig& config, const LlamaLayer& layer_in, int64_t index, ForwardHooks* hooks) {
   at::NoGradGuard no_grad;
+  if (batches_.empty()) return;
+  const LlamaLayer layer = layer_in_dtype(layer_in, dtype_);
   for (size_t i = 0; i < batches_.size(); ++i) {
     throw_if_interrupted();
     const at::Device device = layer.wq.device();
@@ -114,10 +118,33 @@ void HiddenStream::advance(const LlamaConfig& config, const LlamaLayer& layer, i
   }
 }
 
+LlamaLayer layer_in_dtype(const LlamaLayer& layer, at::ScalarType dtype) {
+  LlamaLayer out = layer;
+  for (at::Tensor* t : out.tensors())
+    if (t->defined() && t->scalar_type() != dtype) *t = t->to(dtype);
+  return out;
+}
+
+LlamaWeights weights_in_dtype(LlamaWeights weights, at::ScalarType dtype) {
+  if (weights.embedding.scalar_type() == dtype) return weights;
+  for (LlamaLayer& layer : weights.layers) layer = layer_in_dtype(layer, dtype);
+  weights.embedding = weights.embedding.to(dtype);
+  weights.final_norm = weights.final_norm.to(dtype);
+  return weights;
+}
+
+at::ScalarType compute_dtype_named(const std::string& name) {
+  if (name == "float32") return at::kFloat;
+  if (name == "bfloat16") return at::kBFloat16;
+  throw Error(fmt::format("unknown compute dtype '{}' (float32 or bfloat16)", name));
+}
+
+const char* compute_dtype_name(at::ScalarType dtype) { return dtype == at::kBFloat16 ? "bfloat16" : "float32"; }
+
 at::Tensor HiddenStream::head_input(size_t i, const LlamaConfig& config, const at::Tensor& final_norm,
                                     ForwardHooks* hooks) const {
   at::NoGradGuard no_grad;
-  return llama_head_input(config, final_norm, hidden(i).to(final_norm.device()), hooks);
+  return llama_head_input(config, final_norm.to(dtype_), hidden(i).to(final_norm.device()), hooks);
 }
 
 std::vector<ScoredTokens> HiddenStream::score(const LlamaConfig& config, const at::Tensor& final_norm,

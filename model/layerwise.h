@@ -41,14 +41,19 @@ ScoredTokens score_positions(const at::Tensor& head_input, const TokenBatch& bat
                              int64_t chunk = kHeadChunkTokens);
 
 // The hidden states of a list of batches, advanced one layer at a time, in the compute
-// dtype (float32): a 7B model's 4 windows of 2048 tokens take 134 MB. Batches beyond a
+// dtype (model.compute_dtype: float32 by default, or bfloat16: each layer is cast to it as
+// it arrives, norms and the attention's softmax still reduce in float32, online rotations
+// and activation quantizers work in float32; the head's log-softmax stays float64): a 7B
+// model's 4 windows of 2048 tokens take 134 MB in float32, 67 MB in bfloat16. Batches beyond a
 // budget of bytes (`spill_beyond`) live in a scratch file (unlinked on creation, so nothing
 // is left behind), read back and written again around each layer: the same numbers as in
 // memory, bit for bit.
 class HiddenStream {
  public:
   HiddenStream() = default;
-  explicit HiddenStream(std::vector<TokenBatch> batches) : batches_(std::move(batches)) {}
+  explicit HiddenStream(std::vector<TokenBatch> batches, at::ScalarType dtype = at::kFloat)
+      : batches_(std::move(batches)), dtype_(dtype) {}
+  at::ScalarType dtype() const { return dtype_; }
   // Keep at most `bytes` of hidden states in memory; the rest go to a scratch file in `dir`.
   void spill_beyond(int64_t bytes, const std::string& dir);
   int64_t spilled_bytes() const { return spilled_bytes_; }
@@ -69,6 +74,7 @@ class HiddenStream {
  private:
   void store(size_t i, const at::Tensor& h);
   std::vector<TokenBatch> batches_;
+  at::ScalarType dtype_ = at::kFloat;
   std::vector<at::Tensor> hidden_;       // undefined where spilled
   std::vector<int64_t> offsets_;         // scratch-file offset per batch, -1 in memory
   std::vector<std::vector<int64_t>> shapes_;
@@ -77,6 +83,17 @@ class HiddenStream {
   std::shared_ptr<int> scratch_fd_;      // closed with the last copy of the stream
   int64_t in_memory_ = 0, spilled_bytes_ = 0;
 };
+
+// The layer's tensors in `dtype` (the same tensors when they already are).
+LlamaLayer layer_in_dtype(const LlamaLayer& layer, at::ScalarType dtype);
+
+// The embedding, every layer and the final norm in `dtype`; the head (`output`, the
+// embedding's float32 tensor when tied) stays as it is: logits are computed in float32.
+LlamaWeights weights_in_dtype(LlamaWeights weights, at::ScalarType dtype);
+
+// "float32" | "bfloat16" -> the ScalarType; the names model.compute_dtype accepts.
+at::ScalarType compute_dtype_named(const std::string& name);
+const char* compute_dtype_name(at::ScalarType dtype);
 
 // The whole model in memory, one batch at a time (every layer per batch): the same
 // numbers as a HiddenStream through the same layers.

@@ -60,7 +60,14 @@ const char* linear_site_name(LinearSite site) {
 
 namespace {
 
+// In a 16-bit compute dtype the mean square is taken in float32 and the normalized value
+// cast back before the gain, as transformers' LlamaRMSNorm does (a bfloat16 sum of 4096
+// squares loses the small ones).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& gain, double eps) {
+  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble) {
+    const at::Tensor xf = x.to(at::kFloat);
+    return (xf * at::rsqrt(xf.pow(2).mean({-1}, /*keepdim=*/true) + eps)).to(x.scalar_type()) * gain;
+  }
   at::Tensor inv = at::rsqrt(x.pow(2).mean({-1}, /*keepdim=*/true) + eps);
   return x * inv * gain;
 }
@@ -90,8 +97,10 @@ std::pair<at::Tensor, at::Tensor> rotary_tables(int64_t seq_len, const LlamaConf
                                                 const at::TensorOptions& options) {
   auto f64 = options.dtype(at::kDouble);
   at::Tensor angle = at::outer(at::arange(seq_len, f64), rotary_frequencies(c).to(f64.device()));  // T x hd/2
-  angle = at::cat({angle, angle}, -1).to(options.dtype());                                       // T x hd
-  return {angle.cos(), angle.sin()};
+  // cos and sin in float32 at least, then the compute dtype (as transformers does).
+  const at::ScalarType table = options.dtype() == at::kDouble ? at::kDouble : at::kFloat;
+  angle = at::cat({angle, angle}, -1).to(table);  // T x hd
+  return {angle.cos().to(options.dtype()), angle.sin().to(options.dtype())};
 }
 
 // x W^T (+ b when the family has the bias).
@@ -124,7 +133,10 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
     const int64_t n = std::min(group, H - h);
     at::Tensor scores = at::matmul(q.narrow(1, h, n), k.narrow(1, h, n).transpose(-2, -1)) * scale;
     scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-    parts.push_back(at::matmul(at::softmax(scores, -1), v.narrow(1, h, n)));
+    // The softmax in float32 whatever the compute dtype (transformers' eager attention).
+    const bool wide = scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble;
+    const at::Tensor p = wide ? at::softmax(scores, -1) : at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    parts.push_back(at::matmul(p, v.narrow(1, h, n)));
   }
   return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
 }

@@ -36,6 +36,8 @@ namespace {
 
 struct ModelSource {
   std::string path, format = "auto", tokenizer, device = "cpu";
+  // The evaluation forward's dtype (layerwise.h HiddenStream); calibration and fitting stay float32.
+  at::ScalarType compute_dtype = at::kFloat;
 };
 struct EvalSettings {
   std::string text;
@@ -185,15 +187,12 @@ class ModelBackend : public ModelRunBackend {
  private:
   // The checkpoint opened for the layer-by-layer pipeline (headers checked, nothing read).
   WeightSourcePtr source(const Plan& plan) const;
-  // The whole full-precision model in memory: zero-shot scoring only.
-  const LlamaWeights& whole_model(const Plan& plan) const;
   const Tokenizer* tokenizer(const Plan& plan) const;
   const std::vector<int64_t>& tokens(const Plan& plan, const std::string& text) const;
   std::string fp_key(const Plan& plan, const at::Tensor& eval_tokens, int64_t seq_len, int64_t stride) const;
 
   // Caches across the runs of one experiment (runs share models and texts).
   mutable std::map<std::string, WeightSourcePtr> sources_;
-  mutable std::map<std::string, LlamaWeights> models_;
   mutable std::map<std::string, std::unique_ptr<Tokenizer>> tokenizers_;
   mutable std::map<std::string, std::vector<int64_t>> tokens_;
   mutable std::map<std::string, PerplexityResult> fp_;
@@ -202,7 +201,19 @@ class ModelBackend : public ModelRunBackend {
 
   const PreparedTask& task(const Plan& plan, const std::string& name) const;
   std::string task_key(const Plan& plan, const std::string& name) const;
-  void score_tasks(const Plan& plan, const LlamaWeights& quantized, ForwardHooks* hooks, RunRecord& record) const;
+  // Zero-shot tasks (issue #22) in the layer pass (issue #18): each task's requests as rows
+  // of token batches, with their full-precision key (cache/tasks_fp in the results directory).
+  struct TaskRows {
+    std::string name, fp_key;
+    const PreparedTask* task = nullptr;
+    const LoglikelihoodBatches* rows = nullptr;
+    size_t first = 0;  // its first batch in the combined stream
+  };
+  LoglikelihoodOptions task_options(const Plan& plan) const;
+  std::vector<TaskRows> task_rows(const Plan& plan, const LlamaConfig& config) const;
+  void record_tasks(const Plan& plan, const std::vector<TaskRows>& rows, const std::vector<ScoredTokens>& quantized,
+                    RunRecord& record) const;
+  mutable std::map<std::string, LoglikelihoodBatches> task_batches_;  // by task key and scoring options
 };
 
 std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, const RunSpec& run,
@@ -220,6 +231,7 @@ std::shared_ptr<const ModelRunPlan> ModelBackend::prepare(const Experiment& ex, 
   if (plan->model.tokenizer.empty() && is_gguf_file(plan->model.path))
     plan->model.tokenizer = plan->model.path;  // a GGUF carries its tokenizer
   plan->model.device = parse_device(m, "device");
+  plan->model.compute_dtype = compute_dtype_named(m.choice("compute_dtype", "float32", {"float32", "bfloat16"}));
   m.finish();
 
   ConfigReader e(run.config["eval"], ex.file, "eval", run.sources);
@@ -279,25 +291,6 @@ WeightSourcePtr ModelBackend::source(const Plan& plan) const {
   return it->second;
 }
 
-const LlamaWeights& ModelBackend::whole_model(const Plan& plan) const {
-  const std::string key = plan.model.path + "#" + plan.model.format + "#" + plan.model.device;
-  auto it = models_.find(key);
-  if (it == models_.end()) {
-    LlamaWeights w = read_all_weights(*source(plan));
-    if (plan.model.device != "cpu") {
-      const at::Device cuda(plan.model.device);
-      w.embedding = w.embedding.to(cuda);
-      w.output = w.config.tied_embeddings ? w.embedding : w.output.to(cuda);
-      w.final_norm = w.final_norm.to(cuda);
-      for (LlamaLayer& l : w.layers)
-        for (at::Tensor* t : l.tensors())
-          if (t->defined()) *t = t->to(cuda);
-    }
-    it = models_.emplace(key, std::move(w)).first;
-  }
-  return it->second;
-}
-
 const Tokenizer* ModelBackend::tokenizer(const Plan& plan) const {
   if (plan.model.tokenizer.empty()) return nullptr;
   auto it = tokenizers_.find(plan.model.tokenizer);
@@ -325,7 +318,8 @@ std::string ModelBackend::fp_key(const Plan& plan, const at::Tensor& eval_tokens
   return fmt::format("{}#{}#{}#{}#{}#{}#{}", plan.model.path, plan.model.format, plan.model.tokenizer, plan.eval.text,
                      eval_tokens.numel(), seq_len, stride) +
          fmt::format("#{}#{}#{}#{}#{}", plan.eval.bos, plan.eval.documents.documents, plan.eval.documents.join,
-                     modified(plan.model.path), modified(plan.eval.text));
+                     modified(plan.model.path), modified(plan.eval.text)) +
+         (plan.model.compute_dtype == at::kFloat ? std::string() : std::string("#") + compute_dtype_name(plan.model.compute_dtype));
 }
 
 void ModelBackend::validate(const ModelRunPlan& base, const RotationMethod& method) const {
@@ -369,45 +363,121 @@ const PreparedTask& ModelBackend::task(const Plan& plan, const std::string& name
   return it->second;
 }
 
-// Every task on the full-precision model (once per model, task and protocol) and on the
-// quantized one: /metrics/TASK.acc, TASK.acc_stderr, TASK.acc_norm, ..., TASK.examples and the
-// same with _fp; the mean acc over the tasks (zero_shot_acc); per task the spec's sha256, the
-// lm-eval task it reproduces and the first example's prompt as attributes.
-void ModelBackend::score_tasks(const Plan& plan, const LlamaWeights& quantized, ForwardHooks* hooks,
-                               RunRecord& record) const {
-  if (plan.eval.tasks.empty()) return;
+LoglikelihoodOptions ModelBackend::task_options(const Plan& plan) const {
   LoglikelihoodOptions options;
   options.max_length = plan.eval.seq_len;
   options.batch = plan.eval.batch;
   options.bos = plan.eval.bos;
-  double acc_sum = 0.0, acc_fp_sum = 0.0;
+  return options;
+}
+
+// Each task's rows (tokenized and batched once per experiment) and the key of its
+// full-precision scores: the model, the task's spec and data, the scoring options, the
+// compute dtype, and the files' modification times.
+std::vector<ModelBackend::TaskRows> ModelBackend::task_rows(const Plan& plan, const LlamaConfig& config) const {
+  const LoglikelihoodOptions options = task_options(plan);
+  std::vector<TaskRows> out;
+  size_t first = 0;
   for (const std::string& name : plan.eval.tasks) {
-    const PreparedTask& t = task(plan, name);
-    const std::string fp_key = fmt::format("{}#{}#{}#{}", plan.model.path, task_key(plan, name), options.bos,
-                                           options.max_length);
-    auto fp = fp_tasks_.find(fp_key);
-    if (fp == fp_tasks_.end())
-      fp = fp_tasks_.emplace(fp_key, score_loglikelihoods(whole_model(plan), nullptr, *tokenizer(plan), t.requests.requests,
-                                                          options)).first;
+    TaskRows t;
+    t.name = name;
+    t.task = &task(plan, name);
+    const std::string key = fmt::format("{}#{}#{}#{}#{}", task_key(plan, name), plan.model.tokenizer, options.bos,
+                                        options.max_length, options.batch);
+    auto it = task_batches_.find(key);
+    if (it == task_batches_.end())
+      it = task_batches_.emplace(key, loglikelihood_batches(*tokenizer(plan), t.task->requests.requests, options,
+                                                            config.max_seq_len)).first;
+    t.rows = &it->second;
+    std::error_code ec;
+    t.fp_key = fmt::format("tasks_fp#{}#{}#{}#{}#{}#{}#{}#{}", plan.model.path, plan.model.format, key,
+                           t.task->spec.sha256, compute_dtype_name(plan.model.compute_dtype),
+                           std::filesystem::last_write_time(plan.model.path, ec).time_since_epoch().count(),
+                           t.task->requests.requests.size(), config.max_seq_len);
+    t.first = first;
+    first += t.rows->batches.size();
+    out.push_back(t);
+  }
+  return out;
+}
+
+// A task's full-precision log-likelihoods, kept in RESULTS/cache/tasks_fp/SHA256(key).json
+// (the key inside, checked on reading), as the full-precision perplexity is.
+std::string task_cache_path(const std::string& results_dir, const std::string& key) {
+  return (std::filesystem::path(results_dir) / "cache" / "tasks_fp" / (sha256_hex(key) + ".json")).string();
+}
+
+std::optional<std::vector<LoglikelihoodResult>> read_task_cache(const std::string& results_dir,
+                                                                const std::string& key) {
+  if (results_dir.empty()) return std::nullopt;
+  std::ifstream in(task_cache_path(results_dir, key));
+  if (!in) return std::nullopt;
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || j.value("key", "") != key) return std::nullopt;
+  try {
+    const auto ll = j.at("loglikelihood").get<std::vector<double>>();
+    const auto greedy = j.at("greedy").get<std::vector<bool>>();
+    if (ll.size() != greedy.size()) return std::nullopt;
+    std::vector<LoglikelihoodResult> out(ll.size());
+    for (size_t i = 0; i < ll.size(); ++i) out[i] = {ll[i], greedy[i]};
+    return out;
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
+  }
+}
+
+void write_task_cache(const std::string& results_dir, const std::string& key,
+                      const std::vector<LoglikelihoodResult>& results) {
+  if (results_dir.empty()) return;
+  std::vector<double> ll;
+  std::vector<bool> greedy;
+  for (const LoglikelihoodResult& r : results) {
+    ll.push_back(r.loglikelihood);
+    greedy.push_back(r.greedy);
+  }
+  const std::string path = task_cache_path(results_dir, key);
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  write_file_atomic(path, nlohmann::json{{"key", key}, {"loglikelihood", ll}, {"greedy", greedy}}.dump() + "\n");
+}
+
+// The scored rows of task t out of a combined stream's scores.
+std::vector<ScoredTokens> rows_of(const std::vector<ScoredTokens>& all, size_t first, size_t count) {
+  return std::vector<ScoredTokens>(all.begin() + static_cast<int64_t>(first),
+                                   all.begin() + static_cast<int64_t>(first + count));
+}
+
+// Every task on the quantized model and (fp_tasks_: computed in the same pass, or cached)
+// the full-precision one: /metrics/TASK.acc, TASK.acc_stderr, TASK.acc_norm, ...,
+// TASK.examples and the same with _fp; the mean acc over the tasks (zero_shot_acc); per
+// task the spec's sha256, the lm-eval task it reproduces and the first example's prompt as
+// attributes.
+void ModelBackend::record_tasks(const Plan& plan, const std::vector<TaskRows>& rows,
+                                const std::vector<ScoredTokens>& quantized, RunRecord& record) const {
+  if (rows.empty()) return;
+  const LoglikelihoodOptions options = task_options(plan);
+  double acc_sum = 0.0, acc_fp_sum = 0.0;
+  for (const TaskRows& t : rows) {
+    const PreparedTask& task = *t.task;
     const std::vector<LoglikelihoodResult> q =
-        score_loglikelihoods(quantized, hooks, *tokenizer(plan), t.requests.requests, options);
-    const TaskScores scores = score_task(t.spec, t.requests, q);
-    const TaskScores fp_scores = score_task(t.spec, t.requests, fp->second);
-    for (const auto& [metric, value] : scores.metrics) record.metrics[name + "." + metric] = value;
-    for (const auto& [metric, value] : fp_scores.metrics) record.metrics[name + "." + metric + "_fp"] = value;
-    record.metrics[name + ".examples"] = static_cast<double>(scores.examples);
+        loglikelihood_results(*t.rows, rows_of(quantized, t.first, t.rows->batches.size()));
+    const TaskScores scores = score_task(task.spec, task.requests, q);
+    const TaskScores fp_scores = score_task(task.spec, task.requests, fp_tasks_.at(t.fp_key));
+    for (const auto& [metric, value] : scores.metrics) record.metrics[t.name + "." + metric] = value;
+    for (const auto& [metric, value] : fp_scores.metrics) record.metrics[t.name + "." + metric + "_fp"] = value;
+    record.metrics[t.name + ".examples"] = static_cast<double>(scores.examples);
     acc_sum += scores.metrics.at("acc");
     acc_fp_sum += fp_scores.metrics.at("acc");
-    record.attributes["task." + name + ".spec_sha256"] = t.spec.sha256;
-    record.attributes["task." + name + ".reproduces"] = t.spec.reproduces;
-    record.attributes["task." + name + ".first_prompt"] = t.requests.first_prompt;
+    record.attributes["task." + t.name + ".spec_sha256"] = task.spec.sha256;
+    record.attributes["task." + t.name + ".reproduces"] = task.spec.reproduces;
+    record.attributes["task." + t.name + ".first_prompt"] = task.requests.first_prompt;
   }
-  const double n = static_cast<double>(plan.eval.tasks.size());
+  const double n = static_cast<double>(rows.size());
   record.metrics["zero_shot_acc"] = acc_sum / n;
   record.metrics["zero_shot_acc_fp"] = acc_fp_sum / n;
   record.attributes["task_protocol"] = fmt::format(
       "lm-evaluation-harness log-likelihood scoring (tasks/task.h): tasks {}; {} examples per task ({}); {} shots; "
-      "window {} tokens, contexts cut from the left; BOS {}; data {}",
+      "window {} tokens, contexts cut from the left; BOS {}; data {}; requests carried through the layers with the "
+      "evaluation windows",
       fmt::join(plan.eval.tasks, ", "), plan.eval.limit > 0 ? std::to_string(plan.eval.limit) : "all",
       plan.eval.limit > 0 ? "eval.limit: not a reportable score" : "the whole split", plan.eval.num_fewshot,
       options.max_length > 0 ? options.max_length : source(plan)->config().max_seq_len, options.bos ? "yes" : "no",
@@ -450,6 +520,20 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   const std::vector<TokenBatch> batches =
       has_text ? perplexity_batches(eval_tokens, seq_len, stride, plan.eval.batch) : std::vector<TokenBatch>{};
   const int64_t windows = has_text ? static_cast<int64_t>(perplexity_windows(eval_count, seq_len, stride).size()) : 0;
+  // Zero-shot tasks: their requests' rows go through the layers beside the evaluation
+  // windows (and through the full-precision layers while a task's full-precision scores
+  // are neither computed in this process nor cached in the results directory).
+  const std::vector<TaskRows> task_list = task_rows(plan, config);
+  std::vector<TokenBatch> task_batches, task_batches_fp;
+  std::vector<const TaskRows*> fp_pending;
+  for (const TaskRows& t : task_list) {
+    task_batches.insert(task_batches.end(), t.rows->batches.begin(), t.rows->batches.end());
+    if (!fp_tasks_.count(t.fp_key))
+      if (auto cached = read_task_cache(p.results_dir, t.fp_key)) fp_tasks_[t.fp_key] = std::move(*cached);
+    if (fp_tasks_.count(t.fp_key)) continue;
+    fp_pending.push_back(&t);
+    task_batches_fp.insert(task_batches_fp.end(), t.rows->batches.begin(), t.rows->batches.end());
+  }
   const double load_seconds = now_seconds() - start;
 
   // The quantizer's inputs.
@@ -480,9 +564,8 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   }
 
   // One pass over the layers (issue #18): layer l is read, transformed and quantized, the
-  // evaluation windows' hidden states go through it (and through the full-precision layer
-  // while the full-precision perplexity is not cached), then it is dropped. Zero-shot
-  // scoring reads the quantized model many times over: its layers are kept when tasks run.
+  // evaluation windows' and the tasks' hidden states go through it (and through the
+  // full-precision layer while the full-precision scores are not cached), then it is dropped.
   const at::Device device(plan.model.device);
   std::map<std::string, double> stage;
   const auto timed = [&](const char* name, auto&& work) {
@@ -492,19 +575,26 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
     stage[name] += now_seconds() - t;
   };
   LayerwiseBuilder builder(weights, plan.quant, in, device);
-  HiddenStream eval_q(batches), eval_fp(need_fp ? batches : std::vector<TokenBatch>{});
+  const at::ScalarType dtype = plan.model.compute_dtype;
+  HiddenStream eval_q(batches, dtype), eval_fp(need_fp ? batches : std::vector<TokenBatch>{}, dtype);
   const int64_t budget = static_cast<int64_t>(plan.eval.hidden_budget_gb * static_cast<double>(1ull << 30));
-  eval_q.spill_beyond(budget, p.results_dir);
-  eval_fp.spill_beyond(budget, p.results_dir);
+  HiddenStream tasks_q(task_batches, dtype), tasks_fp(task_batches_fp, dtype);
+  for (HiddenStream* stream : {&eval_q, &eval_fp, &tasks_q, &tasks_fp}) stream->spill_beyond(budget, p.results_dir);
   ForwardHooks* hooks = builder.hooks().get();
   timed("eval_forward", [&] { eval_q.embed(config, builder.embedding(), weights->origin()); });
   timed("eval_fp", [&] { eval_fp.embed(config, builder.fp_embedding(), weights->origin()); });
-  const bool keep_layers = !plan.eval.tasks.empty();
-  LlamaWeights kept;
-  if (keep_layers) kept.embedding = builder.embedding();
+  timed("tasks", [&] {
+    tasks_q.embed(config, builder.embedding(), weights->origin());
+    tasks_fp.embed(config, builder.fp_embedding(), weights->origin());
+  });
   builder.release_embeddings();
+  const auto tokens_of = [](const std::vector<TokenBatch>& batches) {
+    int64_t n = 0;
+    for (const TokenBatch& b : batches) n += b.tokens.numel();
+    return n;
+  };
   const int64_t tokens_per_layer = calib.numel() * (plan.quant.quant.w_quantizer == WeightQuantizer::rtn ? 1 : 3) +
-                                   eval_count * (need_fp ? 2 : 1);
+                                   eval_count * (need_fp ? 2 : 1) + tokens_of(task_batches) + tokens_of(task_batches_fp);
   // On a terminal: layer i/N, elapsed, time left, tokens per second (core/progress.h).
   Progress progress(static_cast<size_t>(config.n_layers), stderr_is_terminal());
   const double pass_start = now_seconds();
@@ -512,7 +602,10 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
     LayerwiseBuilder::Layer layer = builder.next_layer();
     timed("eval_fp", [&] { eval_fp.advance(config, layer.fp, l); });
     timed("eval_forward", [&] { eval_q.advance(config, layer.quantized, l, hooks); });
-    if (keep_layers) kept.layers.push_back(std::move(layer.quantized));
+    timed("tasks", [&] {
+      tasks_fp.advance(config, layer.fp, l);
+      tasks_q.advance(config, layer.quantized, l, hooks);
+    });
     const double rate = static_cast<double>(tokens_per_layer * (l + 1)) / std::max(1e-9, now_seconds() - pass_start);
     progress.update(static_cast<size_t>(l + 1), fmt::format("{}: layers, {:.0f} tokens/s", p.spec->run_id, rate));
   }
@@ -525,6 +618,17 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
                             windows);
     });
   }
+  std::vector<ScoredTokens> task_scores;
+  timed("tasks", [&] {
+    task_scores = tasks_q.score(config, builder.final_norm(), builder.output(), hooks);
+    const std::vector<ScoredTokens> fp_scores = tasks_fp.score(config, builder.fp_final_norm(), builder.fp_output());
+    size_t first = 0;
+    for (const TaskRows* t : fp_pending) {
+      fp_tasks_[t->fp_key] = loglikelihood_results(*t->rows, rows_of(fp_scores, first, t->rows->batches.size()));
+      first += t->rows->batches.size();
+      write_task_cache(p.results_dir, t->fp_key, fp_tasks_[t->fp_key]);
+    }
+  });
   if (need_fp)
     timed("eval_fp", [&] {
       fp_[fp_cache] = perplexity_result(eval_fp.score(config, builder.fp_final_norm(), builder.fp_output()), seq_len,
@@ -538,18 +642,9 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   for (const auto& [name, seconds] : builder.timing()) build_seconds += seconds;
   const double eval_seconds = stage["eval_forward"] + stage["head"];
   const double fp_seconds = stage["eval_fp"];
+  const double tasks_seconds = stage["tasks"];
   throw_if_interrupted();
-
-  if (keep_layers) {
-    kept.config = config;
-    kept.config.tied_embeddings = !builder.head_untied() && config.tied_embeddings;
-    kept.origin = weights->origin();
-    kept.final_norm = builder.final_norm();
-    kept.output = kept.config.tied_embeddings ? kept.embedding : builder.output();
-  }
-  const double tasks_start = now_seconds();
-  if (keep_layers) score_tasks(plan, kept, hooks, record);
-  const double tasks_seconds = now_seconds() - tasks_start;
+  record_tasks(plan, task_list, task_scores, record);
   const double record_start = now_seconds();
 
   // One residual site: its fit metrics (e.g. cayley_sgd's grad_norm_ratio) are the run's,
@@ -603,11 +698,14 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
                                                       : "tied";
   if (builder.residual()) record.attributes["residual_rotation"] = builder.residual()->describe();
   record.attributes["pipeline"] = fmt::format(
-      "layer by layer: weights read from {} one decoder layer at a time (float32 compute on {}), calibration and "
-      "evaluation hidden states carried through each layer in turn; head and log-softmax {} tokens at a time",
-      weights->origin(), device.str(), kHeadChunkTokens);
+      "layer by layer: weights read from {} one decoder layer at a time (evaluation in {} on {}; calibration and "
+      "fitting in float32), calibration and evaluation hidden states carried through each layer in turn; head "
+      "(float32) and log-softmax (float64) {} tokens at a time",
+      weights->origin(), compute_dtype_name(dtype), device.str(), kHeadChunkTokens);
+  record.attributes["compute_dtype"] = compute_dtype_name(dtype);
   record.metrics["peak_rss_mib"] = peak_rss_mib();
-  record.metrics["hidden_spilled_mib"] = static_cast<double>(eval_q.spilled_bytes()) / (1 << 20);
+  record.metrics["hidden_spilled_mib"] =
+      static_cast<double>(eval_q.spilled_bytes() + tasks_q.spilled_bytes()) / (1 << 20);
   if (has_text) {
     const double flops = forward_flops(config, windows, seq_len);
     record.metrics["eval_forward_gflops"] = flops / std::max(1e-9, stage["eval_forward"]) / 1e9;
@@ -624,7 +722,6 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   // log-softmax), eval_fp (the same on the full-precision layers; 0 when cached); tasks; record.
   record.timing["load"] = load_seconds;
   for (const auto& [name, seconds] : stage) record.timing[name] = seconds;
-  record.timing["tasks"] = tasks_seconds;
   record.timing["record"] = now_seconds() - record_start;
   finish_timing(record, now_seconds() - start);
   return record;

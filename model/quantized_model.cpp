@@ -51,15 +51,20 @@ ModelQuantConfig parse_model_quant_config(const YAML::Node& quant, const std::st
   return c;
 }
 
+// A 16-bit compute dtype (model.compute_dtype) rotates and quantizes in float32, as the
+// rotations were fitted, and hands the linear its input in the compute dtype again.
 at::Tensor QuantizedModelHooks::input(int64_t layer, LinearSite site, const at::Tensor& x_in) {
-  at::Tensor x = x_in;
+  const bool narrow = x_in.scalar_type() == at::kBFloat16 || x_in.scalar_type() == at::kHalf;
+  at::Tensor x = narrow ? x_in.to(at::kFloat) : x_in;
   if (site == LinearSite::mlp_out && down_rotation) x = down_rotation->apply(x);
   const auto it = rotations.find({layer, site});
   if (it != rotations.end()) x = it->second->apply(x);
   const QuantSpec& spec = site == LinearSite::head ? head_act : act;
-  if (!spec.enabled()) return x;
-  const at::Tensor flat = x.reshape({-1, x.size(-1)});
-  return (ste ? fake_quant_ste(flat, spec) : fake_quant(flat, spec)).view(x.sizes());
+  if (spec.enabled()) {
+    const at::Tensor flat = x.reshape({-1, x.size(-1)});
+    x = (ste ? fake_quant_ste(flat, spec) : fake_quant(flat, spec)).view(x.sizes());
+  }
+  return narrow ? x.to(x_in.scalar_type()) : x;
 }
 
 at::Tensor quantize_linear_weight(const at::Tensor& w, const QuantSpec& spec, const QuantConfig& quant,

@@ -15,12 +15,16 @@
 
 #include "core/error.h"
 #include "core/random.h"
+#include "core/recorder.h"
+#include "core/registries.h"
+#include "datasets/builtin.h"
 #include "io/safetensors.h"
 #include "model/capture.h"
 #include "model/checkpoint.h"
 #include "model/fold.h"
 #include "model/layerwise.h"
 #include "model/perplexity.h"
+#include "model/tokenizer.h"
 #include "model/quantized_model.h"
 #include "model/weight_source.h"
 #include "tests/test_util.h"
@@ -67,12 +71,12 @@ at::Tensor eval_tokens() { return at::randint(60, {200}, make_generator(2, "laye
 // quantized layer as it is built, then the chunked head.
 PerplexityResult streamed_perplexity(const WeightSourcePtr& source, const ModelQuantConfig& config,
                                      const BuildInputs& in, const at::Tensor& tokens, int64_t batch,
-                                     PerplexityResult* fp = nullptr) {
+                                     PerplexityResult* fp = nullptr, at::ScalarType dtype = at::kFloat) {
   const LlamaConfig& c = source->config();
   LayerwiseBuilder builder(source, config, in);
   const std::vector<TokenBatch> batches = perplexity_batches(tokens, 16, 12, batch);
   const int64_t windows = static_cast<int64_t>(perplexity_windows(tokens.numel(), 16, 12).size());
-  HiddenStream q(batches), f(batches);
+  HiddenStream q(batches, dtype), f(batches, dtype);
   q.embed(c, builder.embedding(), "test");
   f.embed(c, builder.fp_embedding(), "test");
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -117,6 +121,82 @@ TEST(Layerwise, StreamedEvaluationEqualsTheWholeQuantizedModel) {
       PerplexityResult fp_one;
       streamed_perplexity(weights_in_memory(fp), config, inputs(*method, log), tokens, 1, &fp_one);
       EXPECT_NEAR(fp_one.nll_mean, fp_whole.nll_mean, 1e-6 * std::abs(fp_whole.nll_mean));
+    }
+  }
+}
+
+// model.compute_dtype: bfloat16 evaluates in bfloat16 (the hidden states are 2 bytes, the
+// numbers move by bfloat16 rounding, not more), for the full-precision and the quantized
+// model of both placements; the whole-model path (zero-shot scoring) gives the streamed
+// numbers bit for bit.
+TEST(ComputeDtype, Bfloat16EvaluationStaysWithinBfloat16RoundingOfFloat32) {
+  const LlamaWeights fp = random_llama(small_config(), 4);
+  const at::Tensor tokens = eval_tokens();
+  for (const char* quant : {"{placement: online, w_bits: 4, a_bits: 8}", "{placement: residual, w_bits: 4, a_bits: 8}"}) {
+    SCOPED_TRACE(quant);
+    const auto method = make_method("{method: hadamard}");
+    const ModelQuantConfig config = parse_model_quant_config(YAML::Load(quant), "test", nullptr);
+    SilentLog log;
+    PerplexityResult fp32, fp16;
+    const PerplexityResult q32 =
+        streamed_perplexity(weights_in_memory(fp), config, inputs(*method, log), tokens, 3, &fp32, at::kFloat);
+    const PerplexityResult q16 =
+        streamed_perplexity(weights_in_memory(fp), config, inputs(*method, log), tokens, 3, &fp16, at::kBFloat16);
+    EXPECT_EQ(q16.tokens_scored, q32.tokens_scored);
+    // bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 = 2e-3 per operation).
+    EXPECT_NEAR(fp16.nll_mean, fp32.nll_mean, 1e-2 * fp32.nll_mean);
+    EXPECT_NEAR(q16.nll_mean, q32.nll_mean, 2e-2 * q32.nll_mean);
+    EXPECT_NE(fp16.nll_sum, fp32.nll_sum);  // it did compute in bfloat16
+  }
+  const std::vector<TokenBatch> batches = perplexity_batches(tokens, 16, 12, 2);
+  HiddenStream stream(batches, at::kBFloat16);
+  stream.embed(fp.config, fp.embedding, "test");
+  EXPECT_EQ(stream.hidden(0).scalar_type(), at::kBFloat16);
+  for (int64_t l = 0; l < fp.config.n_layers; ++l) stream.advance(fp.config, fp.layers[l], l);
+  EXPECT_EQ(stream.hidden(0).scalar_type(), at::kBFloat16);
+  const PerplexityResult streamed = perplexity_result(stream.score(fp.config, fp.final_norm, fp.output), 16, 12, 1);
+  const LlamaWeights narrow = weights_in_dtype(fp, at::kBFloat16);
+  EXPECT_EQ(narrow.layers[0].wq.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(narrow.output.scalar_type(), at::kFloat);  // the head stays float32, tied or not
+  const PerplexityResult whole = perplexity_result(score_batches(narrow, batches), 16, 12, 1);
+  EXPECT_EQ(whole.nll_sum, streamed.nll_sum);
+}
+
+// The `model` data source reads the checkpoint a layer at a time (issue #18): its sites
+// equal the whole model's captured inputs and weights, with and without folded gains, for
+// a subset of layers and for the head.
+TEST(ModelDataSource, LayerByLayerSitesEqualTheWholeModelsCapture) {
+  testing::TempDir dir;
+  const LlamaWeights fp = random_llama(small_config(), 21);
+  save_hf(fp, dir.file("hf"), "F32", 2);
+  testing::write_token_ids(dir.file("t.ids"), 80, 60, "model-source/ids");
+  DatasetRegistry registry("dataset");
+  register_builtin_datasets(registry);
+  for (const bool fold : {false, true}) {
+    for (const char* layers : {"[]", "[1]"}) {
+      SCOPED_TRACE(std::string("fold ") + (fold ? "true" : "false") + " layers " + layers);
+      ConfigReader reader(YAML::Load(fmt::format("{{path: {}, text: {}, tokens: 64, seq_len: 16, layers: {}, fold_norms: {}, "
+                                                 "sites: [attn_in, attn_out, mlp_in, mlp_out, head]}}",
+                                                 dir.file("hf"), dir.file("t.ids"), layers, fold)),
+                          "test.yaml", "data");
+      const auto dataset = registry.create("model", reader);
+      dataset->validate();
+      const std::vector<Site> sites = dataset->load(0);
+      LlamaWeights whole = load_checkpoint(dir.file("hf"));
+      if (fold) fold_norm_gains(whole);
+      const at::Tensor ids = at::tensor(load_eval_tokens(dir.file("t.ids"), nullptr, true, 64), at::kLong);
+      const std::map<SiteKey, at::Tensor> expected = capture_site_inputs(whole, ids.reshape({4, 16}));
+      ASSERT_EQ(sites.size(), std::string(layers) == "[]" ? 13u : 5u);
+      for (const Site& site : sites) {
+        SCOPED_TRACE(site.name);
+        const SiteKey key = site.name == "head" ? SiteKey{-1, LinearSite::head}
+                                                : SiteKey{site.name[5] - '0', site.name.find("attn_in") != std::string::npos    ? LinearSite::attn_in
+                                                                              : site.name.find("attn_out") != std::string::npos ? LinearSite::attn_out
+                                                                              : site.name.find("mlp_in") != std::string::npos   ? LinearSite::mlp_in
+                                                                                                                                : LinearSite::mlp_out};
+        EXPECT_TRUE(at::allclose(site.X, expected.at(key), 1e-5, 1e-6));
+        EXPECT_TRUE(at::equal(site.W, site_weight(whole, key.first, key.second).contiguous()));
+      }
     }
   }
 }
@@ -328,6 +408,23 @@ methods: [{label: had, method: hadamard}]
   EXPECT_EQ(metric(spilled.out, "ppl"), metric(first.out, "ppl"));
   EXPECT_GT(metric(spilled.out, "hidden_spilled_mib"), 0.0);
   EXPECT_EQ(metric(first.out, "hidden_spilled_mib"), 0.0);
+  // model.compute_dtype: bfloat16 is a run of its own (and its own full-precision cache
+  // entry), recorded in the run file; another dtype is refused before anything runs.
+  const testing::CliResult bf16 =
+      testing::run_cli(dir.path(), "run e.yaml --out out --json --set model.compute_dtype=bfloat16", "SQLAB_THREADS=1");
+  ASSERT_EQ(bf16.code, 0) << bf16.err;
+  EXPECT_NE(metric(bf16.out, "ppl_fp"), 12345.5);
+  EXPECT_NEAR(metric(bf16.out, "nll"), metric(first.out, "nll"), 2e-2 * metric(first.out, "nll"));
+  int bf16_runs = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.file("out/runs"))) {
+    const RunRecord record = read_run_file(entry.path().string());
+    if (record.attributes.at("compute_dtype") == "bfloat16") ++bf16_runs;
+  }
+  EXPECT_EQ(bf16_runs, 1);
+  const testing::CliResult bad =
+      testing::run_cli(dir.path(), "run e.yaml --out out4 --set model.compute_dtype=float8", "SQLAB_THREADS=1");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("compute_dtype"), std::string::npos) << bad.err;
 }
 
 }  // namespace
@@ -415,8 +512,9 @@ TEST(HiddenSpill, ScratchFileGivesTheInMemoryResultsBitForBit) {
   const LlamaWeights fp = random_llama(small_config(), 13);
   const std::vector<TokenBatch> batches = perplexity_batches(eval_tokens(), 16, 12, 2);
   ASSERT_GE(batches.size(), 4u);
+  at::ScalarType dtype = at::kFloat;
   const auto run = [&](int64_t budget, int64_t* spilled) {
-    HiddenStream stream(batches);
+    HiddenStream stream(batches, dtype);
     testing::TempDir dir;
     if (budget >= 0) stream.spill_beyond(budget, dir.path().string());
     stream.embed(fp.config, fp.embedding, "test");
@@ -435,6 +533,14 @@ TEST(HiddenSpill, ScratchFileGivesTheInMemoryResultsBitForBit) {
   EXPECT_EQ(part.nll_sum, memory.nll_sum);
   EXPECT_EQ(disk.nll_sum, memory.nll_sum);
   // And the scratch file is gone: it was unlinked when made.
+  // The same in bfloat16 (half the bytes per batch).
+  dtype = at::kBFloat16;
+  int64_t all16 = 0;
+  const PerplexityResult memory16 = run(-1, &none);
+  const PerplexityResult disk16 = run(0, &all16);
+  EXPECT_EQ(all16 * 2, all);
+  EXPECT_EQ(disk16.nll_sum, memory16.nll_sum);
+  EXPECT_NE(memory16.nll_sum, memory.nll_sum);
 }
 
 }  // namespace

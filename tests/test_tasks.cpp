@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -412,6 +413,68 @@ methods: [{{method: identity}}]
   const auto missing = testing::run_cli(dir.path(), "run zs2.yaml --out out2");
   EXPECT_EQ(missing.code, 2) << missing.err;
   EXPECT_NE(missing.err.find("task data 'nowhere/piqa/valid.jsonl' is missing"), std::string::npos) << missing.err;
+}
+
+// A run with eval.tasks carries the requests through the same layer pass as the perplexity
+// windows (issue #18): its full-precision scores equal the whole model's, they are cached in
+// the results directory, and a later run (or --resume) reads them from there.
+TEST(ZeroShotRun, TasksGoThroughTheLayerPassAndTheirFullPrecisionScoresAreCached) {
+  if (!fs::exists(testing::smollm2_gguf_path())) FAIL() << testing::smollm2_missing_message();
+  TempDir dir;
+  fs::create_directories(dir.path() / "tasks" / "piqa");
+  write_text(dir.file("tasks/piqa/valid.jsonl"),
+             R"({"goal": "How do I dry wet shoes?", "sol1": "Stuff them with newspaper.", "sol2": "Put them in the fridge."})" "\n"
+             R"({"goal": "How do you open a jar?", "sol1": "Twist the lid.", "sol2": "Eat the lid."})" "\n"
+             R"({"goal": "Keep bread fresh", "sol1": "Leave it in the rain.", "sol2": "Seal it in a bag."})" "\n");
+  write_text(dir.file("tasks/piqa/valid-labels.lst"), "0\n0\n1\n");
+  std::string calib;
+  for (int i = 0; i < 40; ++i) calib += "Researchers rotate activations before they quantize a model. ";
+  write_text(dir.file("calib.txt"), calib);
+  write_text(dir.file("zs.yaml"), fmt::format(R"(name: zs
+seeds: [0]
+model: {{path: {}}}
+eval: {{tasks: [piqa], tasks_dir: tasks, bos: false, batch: 2}}
+calib: {{text: calib.txt, tokens: 64, seq_len: 32}}
+quant: {{w_bits: 4, a_bits: 8}}
+methods: [{{label: rtn, method: identity}}]
+)",
+                                              testing::smollm2_gguf_path()));
+  const auto metric = [](const std::string& out, const std::string& name) {
+    return nlohmann::json::parse(out)["groups"][0]["metrics"][name]["mean"].get<double>();
+  };
+  const auto first = testing::run_cli(dir.path(), "run zs.yaml --out out --json", "SQLAB_THREADS=1");
+  ASSERT_EQ(first.code, 0) << first.err;
+  EXPECT_EQ(metric(first.out, "piqa.examples"), 3.0);
+
+  // The cached full-precision log-likelihoods are the whole model's.
+  std::vector<fs::path> cached;
+  for (const auto& entry : fs::directory_iterator(dir.path() / "out" / "cache" / "tasks_fp")) cached.push_back(entry.path());
+  ASSERT_EQ(cached.size(), 1u);
+  nlohmann::json cache = nlohmann::json::parse(testing::read_text(cached[0].string()));
+  const TaskSpec spec = load_task_spec(task_spec_path("piqa"));
+  const TaskRequests requests =
+      build_task_requests(spec, load_task_documents(spec, dir.file("tasks"), 0), dir.file("tasks"), 0);
+  LoglikelihoodOptions options;
+  options.batch = 2;
+  const auto whole = score_loglikelihoods(load_checkpoint(testing::smollm2_gguf_path()), nullptr,
+                                          *load_tokenizer(testing::smollm2_gguf_path()), requests.requests, options);
+  ASSERT_EQ(cache["loglikelihood"].size(), whole.size());
+  for (size_t i = 0; i < whole.size(); ++i) {
+    EXPECT_NEAR(cache["loglikelihood"][i].get<double>(), whole[i].loglikelihood, 1e-5 * std::fabs(whole[i].loglikelihood));
+    EXPECT_EQ(cache["greedy"][i].get<bool>(), whole[i].greedy);
+  }
+  // A later run reads the cache: make it say every gold choice wins (or every one loses).
+  const double acc_fp = metric(first.out, "piqa.acc_fp");
+  const std::vector<int> gold = {0, 0, 1};
+  for (size_t d = 0; d < 3; ++d)
+    for (size_t c = 0; c < 2; ++c)
+      cache["loglikelihood"][2 * d + c] = ((static_cast<int>(c) == gold[d]) == (acc_fp < 1.0)) ? -1.0 : -50.0;
+  write_text(cached[0].string(), cache.dump());
+  const auto second = testing::run_cli(dir.path(), "run zs.yaml --out out --json --set 'methods=[{label: rtn2, method: identity}]'",
+                                       "SQLAB_THREADS=1");
+  ASSERT_EQ(second.code, 0) << second.err;
+  EXPECT_EQ(metric(second.out, "piqa.acc_fp"), acc_fp < 1.0 ? 1.0 : 0.0);
+  EXPECT_EQ(metric(second.out, "piqa.acc"), metric(first.out, "piqa.acc"));
 }
 
 }  // namespace
