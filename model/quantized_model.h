@@ -202,9 +202,9 @@ class LayerwiseBuilder {
   void add_seconds(const char* stage, double start);
 };
 
-// The whole quantized model in memory (LayerwiseBuilder's layers collected): for text
-// generation, model-level Cayley SGD's tests, and zero-shot scoring, which read a model
-// many times over.
+// The whole quantized model in memory (LayerwiseBuilder's layers collected, the same one
+// code path): for text generation (`sqlab generate`, small models) and the tests that
+// compare the streamed evaluation with a whole model's.
 QuantizedModel build_quantized_model(const LlamaWeights& fp, const ModelQuantConfig& config,
                                      const BuildInputs& inputs);
 
