@@ -125,14 +125,6 @@ LlamaLayer layer_in_dtype(const LlamaLayer& layer, at::ScalarType dtype) {
   return out;
 }
 
-LlamaWeights weights_in_dtype(LlamaWeights weights, at::ScalarType dtype) {
-  if (weights.embedding.scalar_type() == dtype) return weights;
-  for (LlamaLayer& layer : weights.layers) layer = layer_in_dtype(layer, dtype);
-  weights.embedding = weights.embedding.to(dtype);
-  weights.final_norm = weights.final_norm.to(dtype);
-  return weights;
-}
-
 at::ScalarType compute_dtype_named(const std::string& name) {
   if (name == "float32") return at::kFloat;
   if (name == "bfloat16") return at::kBFloat16;

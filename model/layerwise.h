@@ -53,7 +53,6 @@ class HiddenStream {
   HiddenStream() = default;
   explicit HiddenStream(std::vector<TokenBatch> batches, at::ScalarType dtype = at::kFloat)
       : batches_(std::move(batches)), dtype_(dtype) {}
-  at::ScalarType dtype() const { return dtype_; }
   // Keep at most `bytes` of hidden states in memory; the rest go to a scratch file in `dir`.
   void spill_beyond(int64_t bytes, const std::string& dir);
   int64_t spilled_bytes() const { return spilled_bytes_; }
@@ -86,10 +85,6 @@ class HiddenStream {
 
 // The layer's tensors in `dtype` (the same tensors when they already are).
 LlamaLayer layer_in_dtype(const LlamaLayer& layer, at::ScalarType dtype);
-
-// The embedding, every layer and the final norm in `dtype`; the head (`output`, the
-// embedding's float32 tensor when tied) stays as it is: logits are computed in float32.
-LlamaWeights weights_in_dtype(LlamaWeights weights, at::ScalarType dtype);
 
 // "float32" | "bfloat16" -> the ScalarType; the names model.compute_dtype accepts.
 at::ScalarType compute_dtype_named(const std::string& name);

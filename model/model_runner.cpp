@@ -131,16 +131,24 @@ double reference_gemm_gflops(const LlamaConfig& c, at::Device device) {
   return 2.0 * 2048.0 * static_cast<double>(c.dim * c.hidden_dim) * static_cast<double>(calls) / elapsed / 1e9;
 }
 
-// The full-precision perplexity of a model and protocol, kept in
-// RESULTS/cache/ppl_fp/SHA256(key).json (the key inside, checked on reading): --resume and
-// later runs in the same directory skip its forward pass. Doubles round-trip exactly.
-std::string fp_cache_path(const std::string& results_dir, const std::string& key) {
-  return (std::filesystem::path(results_dir) / "cache" / "ppl_fp" / (sha256_hex(key) + ".json")).string();
+// Full-precision results cached in the results directory, RESULTS/cache/KIND/SHA256(key).json
+// (the key inside, checked on reading): --resume and later runs in the same directory skip
+// their forward pass. KIND: ppl_fp (the perplexity of a model and protocol), tasks_fp (a
+// task's log-likelihoods). Doubles round-trip exactly.
+std::string cache_path(const std::string& results_dir, const char* kind, const std::string& key) {
+  return (std::filesystem::path(results_dir) / "cache" / kind / (sha256_hex(key) + ".json")).string();
+}
+
+// A file's modification time, for cache keys: a checkpoint or text rewritten in place is
+// not the cached one.
+int64_t modified_time(const std::string& path) {
+  std::error_code ec;
+  return static_cast<int64_t>(std::filesystem::last_write_time(path, ec).time_since_epoch().count());
 }
 
 std::optional<PerplexityResult> read_fp_cache(const std::string& results_dir, const std::string& key) {
   if (results_dir.empty()) return std::nullopt;
-  std::ifstream in(fp_cache_path(results_dir, key));
+  std::ifstream in(cache_path(results_dir, "ppl_fp", key));
   if (!in) return std::nullopt;
   const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object() || j.value("key", "") != key) return std::nullopt;  // another protocol, or damaged
@@ -161,7 +169,7 @@ std::optional<PerplexityResult> read_fp_cache(const std::string& results_dir, co
 
 void write_fp_cache(const std::string& results_dir, const std::string& key, const PerplexityResult& r) {
   if (results_dir.empty()) return;
-  const std::string path = fp_cache_path(results_dir, key);
+  const std::string path = cache_path(results_dir, "ppl_fp", key);
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
   const nlohmann::json j = {{"key", key},         {"ppl", r.ppl},
                             {"nll_sum", r.nll_sum}, {"nll_mean", r.nll_mean},
@@ -310,15 +318,10 @@ const std::vector<int64_t>& ModelBackend::tokens(const Plan& plan, const std::st
 
 std::string ModelBackend::fp_key(const Plan& plan, const at::Tensor& eval_tokens, int64_t seq_len,
                                  int64_t stride) const {
-  // The files' modification times: a checkpoint or text rewritten in place is not the cached one.
-  const auto modified = [](const std::string& path) {
-    std::error_code ec;
-    return static_cast<int64_t>(std::filesystem::last_write_time(path, ec).time_since_epoch().count());
-  };
   return fmt::format("{}#{}#{}#{}#{}#{}#{}", plan.model.path, plan.model.format, plan.model.tokenizer, plan.eval.text,
                      eval_tokens.numel(), seq_len, stride) +
          fmt::format("#{}#{}#{}#{}#{}", plan.eval.bos, plan.eval.documents.documents, plan.eval.documents.join,
-                     modified(plan.model.path), modified(plan.eval.text)) +
+                     modified_time(plan.model.path), modified_time(plan.eval.text)) +
          (plan.model.compute_dtype == at::kFloat ? std::string() : std::string("#") + compute_dtype_name(plan.model.compute_dtype));
 }
 
@@ -389,10 +392,8 @@ std::vector<ModelBackend::TaskRows> ModelBackend::task_rows(const Plan& plan, co
       it = task_batches_.emplace(key, loglikelihood_batches(*tokenizer(plan), t.task->requests.requests, options,
                                                             config.max_seq_len)).first;
     t.rows = &it->second;
-    std::error_code ec;
     t.fp_key = fmt::format("tasks_fp#{}#{}#{}#{}#{}#{}#{}#{}", plan.model.path, plan.model.format, key,
-                           t.task->spec.sha256, compute_dtype_name(plan.model.compute_dtype),
-                           std::filesystem::last_write_time(plan.model.path, ec).time_since_epoch().count(),
+                           t.task->spec.sha256, compute_dtype_name(plan.model.compute_dtype), modified_time(plan.model.path),
                            t.task->requests.requests.size(), config.max_seq_len);
     t.first = first;
     first += t.rows->batches.size();
@@ -401,16 +402,11 @@ std::vector<ModelBackend::TaskRows> ModelBackend::task_rows(const Plan& plan, co
   return out;
 }
 
-// A task's full-precision log-likelihoods, kept in RESULTS/cache/tasks_fp/SHA256(key).json
-// (the key inside, checked on reading), as the full-precision perplexity is.
-std::string task_cache_path(const std::string& results_dir, const std::string& key) {
-  return (std::filesystem::path(results_dir) / "cache" / "tasks_fp" / (sha256_hex(key) + ".json")).string();
-}
-
+// A task's full-precision log-likelihoods in RESULTS/cache/tasks_fp (cache_path).
 std::optional<std::vector<LoglikelihoodResult>> read_task_cache(const std::string& results_dir,
                                                                 const std::string& key) {
   if (results_dir.empty()) return std::nullopt;
-  std::ifstream in(task_cache_path(results_dir, key));
+  std::ifstream in(cache_path(results_dir, "tasks_fp", key));
   if (!in) return std::nullopt;
   const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object() || j.value("key", "") != key) return std::nullopt;
@@ -435,7 +431,7 @@ void write_task_cache(const std::string& results_dir, const std::string& key,
     ll.push_back(r.loglikelihood);
     greedy.push_back(r.greedy);
   }
-  const std::string path = task_cache_path(results_dir, key);
+  const std::string path = cache_path(results_dir, "tasks_fp", key);
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
   write_file_atomic(path, nlohmann::json{{"key", key}, {"loglikelihood", ll}, {"greedy", greedy}}.dump() + "\n");
 }

@@ -125,6 +125,14 @@ TEST(Layerwise, StreamedEvaluationEqualsTheWholeQuantizedModel) {
   }
 }
 
+// The embedding, every layer and the final norm in `dtype`; the head stays float32.
+LlamaWeights weights_in_dtype(LlamaWeights weights, at::ScalarType dtype) {
+  for (LlamaLayer& layer : weights.layers) layer = layer_in_dtype(layer, dtype);
+  weights.embedding = weights.embedding.to(dtype);
+  weights.final_norm = weights.final_norm.to(dtype);
+  return weights;
+}
+
 // model.compute_dtype: bfloat16 evaluates in bfloat16 (the hidden states are 2 bytes, the
 // numbers move by bfloat16 rounding, not more), for the full-precision and the quantized
 // model of both placements; the whole-model path (zero-shot scoring) gives the streamed
