@@ -43,6 +43,33 @@ ScoredTokens score_positions(const at::Tensor& head_input, const TokenBatch& bat
   return out;
 }
 
+SharedPrefixes shared_prefixes(const TokenBatch& b) {
+  SharedPrefixes s;
+  s.prefixes = b.prefix_tokens.size(0);
+  s.prefix_width = b.prefix_tokens.size(1);
+  s.rows = b.tokens.size(0);
+  s.width = b.tokens.size(1);
+  if (static_cast<int64_t>(b.prefix_of.size()) != s.rows || static_cast<int64_t>(b.prefix_length.size()) != s.prefixes)
+    throw Error(fmt::format("token batch: {} rows with {} prefix indices, {} prefixes with {} lengths", s.rows,
+                            b.prefix_of.size(), s.prefixes, b.prefix_length.size()));
+  for (int64_t p : b.prefix_of)
+    if (p < 0 || p >= s.prefixes) throw Error(fmt::format("token batch: prefix {} of {}", p, s.prefixes));
+  for (int64_t n : b.prefix_length)
+    if (n < 0 || n > s.prefix_width) throw Error(fmt::format("token batch: prefix length {} of {}", n, s.prefix_width));
+  s.prefix_of = at::tensor(b.prefix_of, at::kLong);
+  s.prefix_length = at::tensor(b.prefix_length, at::kLong);
+  return s;
+}
+
+at::Tensor embed_batch(const LlamaConfig& config, const at::Tensor& embedding, const TokenBatch& b,
+                       const std::string& origin) {
+  if (!b.has_prefixes()) return llama_embed(config, embedding, b.tokens, origin);
+  check_positions(config, b.prefix_tokens.size(1) + b.tokens.size(1), origin);
+  return at::cat({llama_embed(config, embedding, b.prefix_tokens, origin).reshape({-1, config.dim}),
+                  llama_embed(config, embedding, b.tokens, origin).reshape({-1, config.dim})},
+                 0);
+}
+
 void HiddenStream::spill_beyond(int64_t bytes, const std::string& dir) {
   budget_ = std::max<int64_t>(0, bytes);
   scratch_dir_ = dir;
@@ -104,7 +131,7 @@ void HiddenStream::embed(const LlamaConfig& config, const at::Tensor& embedding,
   in_memory_ = spilled_bytes_ = 0;
   scratch_fd_.reset();
   for (size_t i = 0; i < batches_.size(); ++i)
-    store(i, llama_embed(config, embedding, batches_[i].tokens, origin).to(dtype_));
+    store(i, embed_batch(config, embedding, batches_[i], origin).to(dtype_));
 }
 
 void HiddenStream::advance(const LlamaConfig& config, const LlamaLayer& layer_in, int64_t index, ForwardHooks* hooks) {
@@ -114,7 +141,9 @@ void HiddenStream::advance(const LlamaConfig& config, const LlamaLayer& layer_in
   for (size_t i = 0; i < batches_.size(); ++i) {
     throw_if_interrupted();
     const at::Device device = layer.wq.device();
-    store(i, llama_layer(config, layer, index, hidden(i).to(device), hooks));
+    const TokenBatch& b = batches_[i];
+    const SharedPrefixes shared = b.has_prefixes() ? shared_prefixes(b) : SharedPrefixes{};
+    store(i, llama_layer(config, layer, index, hidden(i).to(device), hooks, b.has_prefixes() ? &shared : nullptr));
   }
 }
 
@@ -154,10 +183,14 @@ std::vector<ScoredTokens> score_batches(const LlamaWeights& weights, const std::
                                         ForwardHooks* hooks) {
   at::NoGradGuard no_grad;
   std::vector<ScoredTokens> out;
+  const LlamaConfig& c = weights.config;
   for (const TokenBatch& b : batches) {
     throw_if_interrupted();
-    const at::Tensor tokens = b.tokens.to(weights.embedding.device());
-    out.push_back(score_positions(llama_hidden(weights, tokens, hooks), b, weights.output));
+    const SharedPrefixes shared = b.has_prefixes() ? shared_prefixes(b) : SharedPrefixes{};
+    at::Tensor x = embed_batch(c, weights.embedding, b, weights.origin);
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      x = llama_layer(c, weights.layers.at(l), l, x, hooks, b.has_prefixes() ? &shared : nullptr);
+    out.push_back(score_positions(llama_head_input(c, weights.final_norm, x, hooks), b, weights.output));
   }
   return out;
 }

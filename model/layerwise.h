@@ -23,9 +23,24 @@ namespace sqlab {
 
 struct TokenBatch {
   at::Tensor tokens;             // B x T int64 (rows padded on the right where lengths differ)
-  std::vector<int64_t> select;   // flat positions b * T + t whose next token is scored
+  std::vector<int64_t> select;   // flat positions b * T + t whose next token is scored (+ P * Tp with prefixes)
   std::vector<int64_t> targets;  // the token expected after each selected position
+  // Optional shared prefixes (llama.h SharedPrefixes): row b continues prefix row
+  // prefix_of[b]; the hidden states are the prefixes' tokens, then the rows', flattened.
+  at::Tensor prefix_tokens;            // P x Tp int64, right-padded; undefined: rows of their own
+  std::vector<int64_t> prefix_of;      // per row
+  std::vector<int64_t> prefix_length;  // per prefix row
+
+  bool has_prefixes() const { return prefix_tokens.defined(); }
+  int64_t token_count() const { return tokens.numel() + (has_prefixes() ? prefix_tokens.numel() : 0); }
 };
+
+// The SharedPrefixes of a batch with prefixes (checked: every row has one, lengths fit).
+SharedPrefixes shared_prefixes(const TokenBatch& batch);
+
+// A batch's embedded tokens: B x T x dim, or (P*Tp + B*T) x dim with shared prefixes.
+at::Tensor embed_batch(const LlamaConfig& config, const at::Tensor& embedding, const TokenBatch& batch,
+                       const std::string& origin);
 
 struct ScoredTokens {
   std::vector<double> logprob;  // log p(target | tokens up to the position), float64 log-softmax

@@ -123,16 +123,16 @@ at::Tensor hook(ForwardHooks* hooks, int64_t layer, LinearSite site, const at::T
 
 }  // namespace
 
-at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& future,
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& masked,
                             double scale, int64_t max_score_bytes) {
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2);
-  const int64_t per_head = std::max<int64_t>(1, B * T * T * static_cast<int64_t>(q.element_size()));
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), S = k.size(2);
+  const int64_t per_head = std::max<int64_t>(1, B * T * S * static_cast<int64_t>(q.element_size()));
   const int64_t group = std::max<int64_t>(1, std::min<int64_t>(H, max_score_bytes / per_head));
   std::vector<at::Tensor> parts;
   for (int64_t h = 0; h < H; h += group) {
     const int64_t n = std::min(group, H - h);
     at::Tensor scores = at::matmul(q.narrow(1, h, n), k.narrow(1, h, n).transpose(-2, -1)) * scale;
-    scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+    scores = scores.masked_fill(masked, -std::numeric_limits<float>::infinity());
     // The softmax in float32 whatever the compute dtype (transformers' eager attention).
     const bool wide = scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble;
     const at::Tensor p = wide ? at::softmax(scores, -1) : at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
@@ -152,6 +152,17 @@ at::Tensor llama_hidden(const LlamaWeights& weights, const at::Tensor& tokens, F
   return llama_head_input(c, weights.final_norm, x, hooks);
 }
 
+void check_positions(const LlamaConfig& c, int64_t T, const std::string& origin) {
+  if (c.sliding_window > 0 && T > c.sliding_window)
+    throw Error(fmt::format("llama_forward: a window of {} tokens exceeds the model's sliding window of {} ({}): "
+                            "sliding-window attention is exact only within it; use eval.seq_len <= {}",
+                            T, c.sliding_window, origin, c.sliding_window));
+  if (c.rope.type == RopeScaling::dynamic && T > c.max_seq_len)
+    throw Error(fmt::format("llama_forward: a window of {} tokens exceeds the original context {} of a model with "
+                            "dynamic rope scaling ({}): only windows within it are supported",
+                            T, c.max_seq_len, origin));
+}
+
 at::Tensor llama_embed(const LlamaConfig& c, const at::Tensor& embedding, const at::Tensor& tokens,
                        const std::string& origin) {
   if (tokens.dim() != 2) {
@@ -166,45 +177,86 @@ at::Tensor llama_embed(const LlamaConfig& c, const at::Tensor& embedding, const 
                               lo < 0 ? lo : hi, c.vocab_size, origin));
     }
   }
-  if (c.sliding_window > 0 && T > c.sliding_window)
-    throw Error(fmt::format("llama_forward: a window of {} tokens exceeds the model's sliding window of {} ({}): "
-                            "sliding-window attention is exact only within it; use eval.seq_len <= {}",
-                            T, c.sliding_window, origin, c.sliding_window));
-  if (c.rope.type == RopeScaling::dynamic && T > c.max_seq_len)
-    throw Error(fmt::format("llama_forward: a window of {} tokens exceeds the original context {} of a model with "
-                            "dynamic rope scaling ({}): only windows within it are supported",
-                            T, c.max_seq_len, origin));
+  check_positions(c, T, origin);
   return embedding.index_select(0, ids.reshape({-1})).view({B, T, c.dim});
 }
 
-at::Tensor llama_layer(const LlamaConfig& c, const LlamaLayer& layer, int64_t l, const at::Tensor& x_in,
-                       ForwardHooks* hooks) {
-  const int64_t B = x_in.size(0), T = x_in.size(1);
-  const int64_t H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim();
-  auto [cos, sin] = rotary_tables(T, c, x_in.options());
-  // Causal mask: position t attends to positions <= t.
-  const at::Tensor future = at::ones({T, T}, x_in.options().dtype(at::kBool)).triu(1);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+namespace {
 
-  at::Tensor x = x_in;
-  at::Tensor h = hook(hooks, l, LinearSite::attn_in, rms_norm(x, layer.attn_norm, c.norm_eps));
-  at::Tensor q = linear(h, layer.wq, layer.bq).view({B, T, H, hd});
-  at::Tensor k = linear(h, layer.wk, layer.bk).view({B, T, KV, hd});
-  at::Tensor v = linear(h, layer.wv, layer.bv).view({B, T, KV, hd}).transpose(1, 2);
+struct Projected {
+  at::Tensor q, k, v;  // rows x heads x T x hd (q: n_heads, k and v: n_kv_heads), before the rotary
+};
+
+// q, k, v of rows x T tokens (h: rows x T x dim, or (rows*T) x dim).
+Projected project(const LlamaConfig& c, const LlamaLayer& layer, const at::Tensor& h, int64_t rows, int64_t T) {
+  const int64_t H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim();
+  at::Tensor q = linear(h, layer.wq, layer.bq).view({rows, T, H, hd});
+  at::Tensor k = linear(h, layer.wk, layer.bk).view({rows, T, KV, hd});
+  at::Tensor v = linear(h, layer.wv, layer.bv).view({rows, T, KV, hd});
   if (c.qk_norm) {  // Qwen3: each head of q and k normalized on its own, before the rotary
     q = rms_norm(q, layer.q_norm, c.norm_eps);
     k = rms_norm(k, layer.k_norm, c.norm_eps);
   }
-  q = q.transpose(1, 2);
-  k = k.transpose(1, 2);
-  q = apply_rotary(q, cos, sin);
-  k = apply_rotary(k, cos, sin);
-  if (KV != H) {  // grouped-query attention: query head i reads KV head i / (H / KV)
-    k = k.repeat_interleave(H / KV, 1);
-    v = v.repeat_interleave(H / KV, 1);
-  }
-  at::Tensor attn = causal_attention(q, k, v, future, scale);  // B x H x T x hd
-  attn = attn.transpose(1, 2).reshape({B, T, H * hd});
+  return {q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)};
+}
+
+// Grouped-query attention: query head i reads KV head i / (n_heads / n_kv_heads).
+at::Tensor for_every_head(const LlamaConfig& c, const at::Tensor& kv) {
+  return c.n_kv_heads == c.n_heads ? kv : kv.repeat_interleave(c.n_heads / c.n_kv_heads, 1);
+}
+
+double attention_scale(const LlamaConfig& c) { return 1.0 / std::sqrt(static_cast<double>(c.head_dim())); }
+
+// Each row on its own, positions 0..T-1: B x T x dim -> B x T x (n_heads*hd).
+at::Tensor self_attention(const LlamaConfig& c, const LlamaLayer& layer, const at::Tensor& h) {
+  const int64_t B = h.size(0), T = h.size(1);
+  auto [cos, sin] = rotary_tables(T, c, h.options());
+  Projected p = project(c, layer, h, B, T);
+  const at::Tensor future = at::ones({T, T}, h.options().dtype(at::kBool)).triu(1);  // t attends to <= t
+  const at::Tensor attn = causal_attention(apply_rotary(p.q, cos, sin), for_every_head(c, apply_rotary(p.k, cos, sin)),
+                                           for_every_head(c, p.v), future, attention_scale(c));
+  return attn.transpose(1, 2).reshape({B, T, c.q_dim()});
+}
+
+// Rows after shared prefixes (SharedPrefixes): (P*Tp + B*T) x dim -> (P*Tp + B*T) x (n_heads*hd).
+at::Tensor shared_prefix_attention(const LlamaConfig& c, const LlamaLayer& layer, const at::Tensor& h,
+                                   const SharedPrefixes& s) {
+  const int64_t P = s.prefixes, Tp = s.prefix_width, B = s.rows, T = s.width;
+  auto [cos, sin] = rotary_tables(Tp + T, c, h.options());
+  const at::TensorOptions flags = h.options().dtype(at::kBool);
+  // The prefixes: rows of their own.
+  Projected pre = project(c, layer, h.narrow(0, 0, P * Tp), P, Tp);
+  const at::Tensor k_pre = apply_rotary(pre.k, cos.narrow(0, 0, Tp), sin.narrow(0, 0, Tp));
+  const at::Tensor attn_pre =
+      causal_attention(apply_rotary(pre.q, cos.narrow(0, 0, Tp), sin.narrow(0, 0, Tp)), for_every_head(c, k_pre),
+                       for_every_head(c, pre.v), at::ones({Tp, Tp}, flags).triu(1), attention_scale(c));
+  // The rows: positions from their prefix's length on; keys = the prefix's, then their own.
+  const at::Tensor prefix_of = s.prefix_of.to(h.device());
+  const at::Tensor start = s.prefix_length.to(h.device()).index_select(0, prefix_of);  // B
+  const at::Tensor positions = (start.unsqueeze(1) + at::arange(T, start.options())).reshape({-1});
+  const at::Tensor cos_rows = cos.index_select(0, positions).view({B, 1, T, -1});
+  const at::Tensor sin_rows = sin.index_select(0, positions).view({B, 1, T, -1});
+  Projected row = project(c, layer, h.narrow(0, P * Tp, B * T), B, T);
+  const at::Tensor k = at::cat({k_pre.index_select(0, prefix_of), apply_rotary(row.k, cos_rows, sin_rows)}, 2);
+  const at::Tensor v = at::cat({pre.v.index_select(0, prefix_of), row.v}, 2);
+  // Masked: a prefix key at or beyond the prefix's length (padding), an own key after the query.
+  const at::Tensor past_prefix = at::arange(Tp, start.options()).view({1, 1, Tp}) >= start.view({B, 1, 1});
+  const at::Tensor future = at::ones({T, T}, flags).triu(1);
+  const at::Tensor masked = at::cat({past_prefix.expand({B, T, Tp}), future.expand({B, T, T})}, 2).unsqueeze(1);
+  const at::Tensor attn_rows = causal_attention(apply_rotary(row.q, cos_rows, sin_rows), for_every_head(c, k),
+                                                for_every_head(c, v), masked, attention_scale(c));
+  return at::cat({attn_pre.transpose(1, 2).reshape({P * Tp, c.q_dim()}),
+                  attn_rows.transpose(1, 2).reshape({B * T, c.q_dim()})},
+                 0);
+}
+
+}  // namespace
+
+at::Tensor llama_layer(const LlamaConfig& c, const LlamaLayer& layer, int64_t l, const at::Tensor& x_in,
+                       ForwardHooks* hooks, const SharedPrefixes* shared) {
+  at::Tensor x = x_in;
+  at::Tensor h = hook(hooks, l, LinearSite::attn_in, rms_norm(x, layer.attn_norm, c.norm_eps));
+  at::Tensor attn = shared ? shared_prefix_attention(c, layer, h, *shared) : self_attention(c, layer, h);
   attn = hook(hooks, l, LinearSite::attn_out, attn);
   x = x + linear(attn, layer.wo, layer.bo);
 

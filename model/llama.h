@@ -127,17 +127,37 @@ at::Tensor llama_hidden(const LlamaWeights& weights, const at::Tensor& tokens, F
 // attention limits (sliding window, dynamic rope), naming `origin`.
 at::Tensor llama_embed(const LlamaConfig& config, const at::Tensor& embedding, const at::Tensor& tokens,
                        const std::string& origin);
-// softmax(q k^T * scale + causal mask) v for q, k, v of B x H x T x hd (`future`: T x T,
-// true above the diagonal), a group of heads at a time so that the B x heads x T x T scores
-// (three copies: product, masked, softmax) stay under max_score_bytes: LLaMA-2-7B's 32 heads
-// at T = 2048 would hold 0.5 GB per copy. Each head is computed as it would be alone.
+// softmax(q k^T * scale, masked) v for q of B x H x T x hd and k, v of B x H x S x hd
+// (`masked`: true where a query may not look, T x S for every row (the causal mask: true
+// above the diagonal) or B x 1 x T x S), a group of heads at a time so that the
+// B x heads x T x S scores (three copies: product, masked, softmax) stay under
+// max_score_bytes: LLaMA-2-7B's 32 heads at T = S = 2048 would hold 0.5 GB per copy. Each
+// head is computed as it would be alone.
 constexpr int64_t kAttentionScoreBytes = 128ll << 20;
-at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& future,
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& masked,
                             double scale, int64_t max_score_bytes = kAttentionScoreBytes);
 
-// Decoder layer `index` on B x T x dim hidden states (positions 0..T-1, causal).
+// Rows that go on from shared prefixes: zero-shot scoring (model/loglikelihood.h) reads a
+// question's context once and its choices after it, and a subject's few-shot examples once
+// for all its questions. The hidden states are the P prefix rows' P x Tp tokens, then the
+// B rows' B x T, flattened to (P*Tp + B*T) x dim (both right-padded). Row b continues prefix
+// prefix_of[b] from position prefix_length[prefix_of[b]] on: it attends to that prefix's
+// first prefix_length keys and, causally, to its own tokens, so every position sees what it
+// would see in the one row (prefix + row): the same forward, computed once for the prefix.
+struct SharedPrefixes {
+  int64_t prefixes = 0, prefix_width = 0, rows = 0, width = 0;  // P, Tp, B, T
+  at::Tensor prefix_of;      // B int64: row -> prefix
+  at::Tensor prefix_length;  // P int64: the real tokens of each prefix row (0 ... Tp)
+};
+
+// Throws naming `origin` where `positions` tokens in a row exceed what the model's attention
+// supports exactly (a sliding window, dynamic rope scaling beyond the original context).
+void check_positions(const LlamaConfig& config, int64_t positions, const std::string& origin);
+
+// Decoder layer `index` on B x T x dim hidden states (positions 0..T-1, causal), or, with
+// `shared`, on rows packed after shared prefixes ((P*Tp + B*T) x dim, as SharedPrefixes says).
 at::Tensor llama_layer(const LlamaConfig& config, const LlamaLayer& layer, int64_t index, const at::Tensor& x,
-                       ForwardHooks* hooks = nullptr);
+                       ForwardHooks* hooks = nullptr, const SharedPrefixes* shared = nullptr);
 // The final RMSNorm and the head's input hook.
 at::Tensor llama_head_input(const LlamaConfig& config, const at::Tensor& final_norm, const at::Tensor& x,
                             ForwardHooks* hooks = nullptr);

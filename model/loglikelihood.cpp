@@ -34,15 +34,137 @@ namespace {
 
 struct Row {
   size_t request;
-  std::vector<int64_t> input;  // what the model reads
-  std::vector<int64_t> continuation;
+  std::vector<int64_t> input;         // what the model reads
+  std::vector<int64_t> continuation;  // the targets of the input's last continuation.size() positions
+  // A shared prefix ends before the first scored position: those stay in the row's own part.
+  int64_t prefix_limit() const { return static_cast<int64_t>(input.size() - continuation.size()); }
 };
+
+int64_t common_prefix(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
+  const auto [ia, ib] = std::mismatch(a.begin(), a.end(), b.begin(), b.end());
+  return static_cast<int64_t>(ia - a.begin());
+}
+
+// Rows whose inputs begin with the same `shared` tokens (a question's choices after its
+// context, a subject's questions after its few-shot examples).
+struct Group {
+  std::vector<size_t> rows;
+  int64_t shared = 0;
+  int64_t distinct = 1;  // distinct inputs: equal ones are one row of the forward pass
+};
+
+// In lexicographic order rows that begin alike are neighbours. A group of n distinct rows
+// sharing s tokens reads sum(length) - (n - 1) s tokens, so a row joins the group before it
+// when that reads fewer: when the shared part it leaves, s', has n s' > (n - 1) s. An input
+// equal to the previous one joins for free (the choices " A" .. " D" of MMLU read the same
+// input and differ only in the token scored at its end). One look ahead: a row that would
+// cut the group's shared part and begins like its successor much more (more than twice
+// s') starts a group of its own: the first question of the next MMLU subject does not join
+// the previous subject's last one on their common header and leave its subject's few-shot
+// examples unshared.
+std::vector<Group> group_rows(const std::vector<Row>& rows) {
+  std::vector<size_t> order(rows.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rows[a].input < rows[b].input; });
+  std::vector<Group> groups;
+  for (size_t k = 0; k < order.size(); ++k) {
+    const Row& row = rows[order[k]];
+    if (!groups.empty()) {
+      Group& g = groups.back();
+      const Row& previous = rows[g.rows.back()];
+      const bool same = row.input == previous.input;
+      const int64_t shared = std::min({g.shared, common_prefix(previous.input, row.input), row.prefix_limit()});
+      const int64_t ahead = k + 1 < order.size() ? common_prefix(row.input, rows[order[k + 1]].input) : 0;
+      const bool cuts = shared < g.shared && ahead > 2 * shared;
+      if (same || (shared > 0 && !cuts && g.distinct * shared > (g.distinct - 1) * g.shared)) {
+        g.shared = shared;
+        g.rows.push_back(order[k]);
+        g.distinct += same ? 0 : 1;
+        continue;
+      }
+    }
+    groups.push_back({{order[k]}, row.prefix_limit(), 1});
+  }
+  return groups;
+}
+
+// A group's rows, longest remainder first (equal inputs stay neighbours), cut into pieces of
+// at most `batch` distinct rows: each piece carries its own copy of the prefix.
+struct Piece {
+  std::vector<size_t> rows;
+  int64_t shared = 0, width = 0, distinct = 0;  // width: the longest remainder
+};
+
+std::vector<Piece> pieces_of(const std::vector<Row>& rows, Group group, int64_t batch) {
+  std::stable_sort(group.rows.begin(), group.rows.end(), [&](size_t a, size_t b) {
+    if (rows[a].input.size() != rows[b].input.size()) return rows[a].input.size() > rows[b].input.size();
+    return rows[a].input < rows[b].input;
+  });
+  std::vector<Piece> out;
+  for (size_t k = 0; k < group.rows.size(); ++k) {
+    const Row& row = rows[group.rows[k]];
+    const bool same = k > 0 && row.input == rows[group.rows[k - 1]].input;
+    if (!same && (out.empty() || out.back().distinct == batch)) {
+      out.push_back({{}, group.shared, static_cast<int64_t>(row.input.size()) - group.shared, 0});
+    }
+    out.back().rows.push_back(group.rows[k]);
+    out.back().distinct += same ? 0 : 1;
+  }
+  return out;
+}
+
+// One forward pass's worth of pieces as a TokenBatch with shared prefixes (or plain rows
+// where no piece shares anything), and who owns its selected positions.
+void add_batch(const std::vector<Row>& rows, const std::vector<Piece>& pieces, LoglikelihoodBatches& out) {
+  int64_t prefix_width = 0, width = 0, distinct = 0;
+  for (const Piece& p : pieces) {
+    prefix_width = std::max(prefix_width, p.shared);
+    width = std::max(width, p.width);
+    distinct += p.distinct;
+  }
+  const bool prefixed = prefix_width > 0;
+  TokenBatch batch;
+  batch.tokens = at::zeros({distinct, width}, at::kLong);
+  if (prefixed) batch.prefix_tokens = at::zeros({static_cast<int64_t>(pieces.size()), prefix_width}, at::kLong);
+  const int64_t offset = prefixed ? static_cast<int64_t>(pieces.size()) * prefix_width : 0;
+  std::vector<std::pair<size_t, size_t>> owners;  // (request, continuation tokens) in selection order
+  int64_t b = -1;
+  for (size_t p = 0; p < pieces.size(); ++p) {
+    const Piece& piece = pieces[p];
+    const std::vector<int64_t>& first = rows[piece.rows.front()].input;
+    if (prefixed) {
+      if (piece.shared > 0)
+        batch.prefix_tokens[static_cast<int64_t>(p)].narrow(0, 0, piece.shared)
+            .copy_(at::tensor(std::vector<int64_t>(first.begin(), first.begin() + piece.shared), at::kLong));
+      batch.prefix_length.push_back(piece.shared);
+    }
+    for (size_t k = 0; k < piece.rows.size(); ++k) {
+      const Row& row = rows[piece.rows[k]];
+      const int64_t n = static_cast<int64_t>(row.input.size()) - piece.shared;  // the row's own tokens
+      if (k == 0 || row.input != rows[piece.rows[k - 1]].input) {
+        batch.tokens[++b].narrow(0, 0, n).copy_(
+            at::tensor(std::vector<int64_t>(row.input.begin() + piece.shared, row.input.end()), at::kLong));
+        if (prefixed) batch.prefix_of.push_back(static_cast<int64_t>(p));
+      }
+      const int64_t c = static_cast<int64_t>(row.continuation.size());
+      for (int64_t j = 0; j < c; ++j) {
+        batch.select.push_back(offset + b * width + n - c + j);
+        batch.targets.push_back(row.continuation[static_cast<size_t>(j)]);
+      }
+      owners.emplace_back(row.request, row.continuation.size());
+    }
+  }
+  out.batches.push_back(std::move(batch));
+  out.owners.push_back(std::move(owners));
+}
 
 }  // namespace
 
 LoglikelihoodBatches loglikelihood_batches(const Tokenizer& tokenizer, const std::vector<LoglikelihoodRequest>& requests,
                                            const LoglikelihoodOptions& options, int64_t model_context) {
   const int64_t max_length = options.max_length > 0 ? options.max_length : model_context;
+  LoglikelihoodBatches out;
+  out.requests = requests.size();
   std::vector<Row> rows;
   for (size_t i = 0; i < requests.size(); ++i) {
     auto [ctx, cont] = encode_request(tokenizer, requests[i], options.bos);
@@ -53,51 +175,41 @@ LoglikelihoodBatches loglikelihood_batches(const Tokenizer& tokenizer, const std
     const size_t keep = std::min<size_t>(all.size(), static_cast<size_t>(max_length) + 1);
     std::vector<int64_t> input(all.end() - static_cast<int64_t>(keep), all.end() - 1);
     if (cont.size() > input.size()) cont.erase(cont.begin(), cont.end() - static_cast<int64_t>(input.size()));
+    out.row_tokens += static_cast<int64_t>(input.size());
     rows.push_back({i, std::move(input), std::move(cont)});
   }
-  // Longest first (lm-eval's order too), so a batch pads little; equal inputs next to each
-  // other, so that they share one row of the forward pass: the choices of a question whose
-  // continuations are one token each (MMLU's " A".." D", BoolQ's " no"/" yes") read the same
-  // input and differ only in the token scored at its last position.
-  std::vector<size_t> order(rows.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    if (rows[a].input.size() != rows[b].input.size()) return rows[a].input.size() > rows[b].input.size();
-    return rows[a].input < rows[b].input;
+  // Rows that begin alike read their common beginning once (SharedPrefixes: the same
+  // attention, position by position, as each row alone); pieces of about one width go
+  // together, widest first (lm-eval's order too), so that a pass pads little.
+  std::vector<Piece> pieces;
+  for (const Group& g : group_rows(rows))
+    for (Piece& p : pieces_of(rows, g, options.batch)) pieces.push_back(std::move(p));
+  std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) {
+    return a.width != b.width ? a.width > b.width : a.shared > b.shared;
   });
 
-  LoglikelihoodBatches out;
-  out.requests = requests.size();
-  for (size_t start = 0; start < order.size();) {
-    const int64_t width = static_cast<int64_t>(rows[order[start]].input.size());
-    const auto same_input = [&](size_t r) { return r > start && rows[order[r]].input == rows[order[r - 1]].input; };
+  for (size_t start = 0; start < pieces.size();) {
+    int64_t distinct = 0, prefix_width = 0;
+    const int64_t width = pieces[start].width;
     size_t end = start;
-    int64_t distinct = 0;  // rows of the forward pass
-    for (; end < order.size(); ++end) {
-      if (same_input(end)) continue;
-      if (distinct == options.batch || (distinct + 1) * width > std::max(options.batch_tokens, width)) break;
-      ++distinct;
+    for (; end < pieces.size(); ++end) {
+      const int64_t d = distinct + pieces[end].distinct, pw = std::max(prefix_width, pieces[end].shared);
+      const int64_t tokens = static_cast<int64_t>(end - start + 1) * pw + d * width;
+      if (end > start && (d > options.batch || tokens > options.batch_tokens)) break;
+      distinct = d;
+      prefix_width = pw;
     }
-    TokenBatch batch;
-    batch.tokens = at::zeros({distinct, width}, at::kLong);
-    std::vector<std::pair<size_t, size_t>> owners;  // (request, continuation tokens) in selection order
-    int64_t b = -1;
-    for (size_t r = start; r < end; ++r) {
-      const Row& row = rows[order[r]];
-      const int64_t n = static_cast<int64_t>(row.input.size());
-      if (!same_input(r)) batch.tokens[++b].narrow(0, 0, n).copy_(at::tensor(row.input, at::kLong));
-      const int64_t c = static_cast<int64_t>(row.continuation.size());
-      for (int64_t j = 0; j < c; ++j) {
-        batch.select.push_back(b * width + n - c + j);
-        batch.targets.push_back(row.continuation[static_cast<size_t>(j)]);
-      }
-      owners.emplace_back(row.request, row.continuation.size());
-    }
-    out.batches.push_back(std::move(batch));
-    out.owners.push_back(std::move(owners));
+    add_batch(rows, std::vector<Piece>(pieces.begin() + static_cast<int64_t>(start), pieces.begin() + static_cast<int64_t>(end)),
+              out);
     start = end;
   }
   return out;
+}
+
+int64_t LoglikelihoodBatches::tokens() const {
+  int64_t n = 0;
+  for (const TokenBatch& b : batches) n += b.token_count();
+  return n;
 }
 
 std::vector<LoglikelihoodResult> loglikelihood_results(const LoglikelihoodBatches& batches,

@@ -466,6 +466,8 @@ void ModelBackend::record_tasks(const Plan& plan, const std::vector<TaskRows>& r
     record.attributes["task." + t.name + ".spec_sha256"] = task.spec.sha256;
     record.attributes["task." + t.name + ".reproduces"] = task.spec.reproduces;
     record.attributes["task." + t.name + ".first_prompt"] = task.requests.first_prompt;
+    record.attributes["task." + t.name + ".tokens"] =
+        fmt::format("{} tokens through each layer ({} row by row)", t.rows->tokens(), t.rows->row_tokens);
   }
   const double n = static_cast<double>(rows.size());
   record.metrics["zero_shot_acc"] = acc_sum / n;
@@ -473,7 +475,7 @@ void ModelBackend::record_tasks(const Plan& plan, const std::vector<TaskRows>& r
   record.attributes["task_protocol"] = fmt::format(
       "lm-evaluation-harness log-likelihood scoring (tasks/task.h): tasks {}; {} examples per task ({}); {} shots; "
       "window {} tokens, contexts cut from the left; BOS {}; data {}; requests carried through the layers with the "
-      "evaluation windows",
+      "evaluation windows, a beginning that rows share (a context, few-shot examples) read once",
       fmt::join(plan.eval.tasks, ", "), plan.eval.limit > 0 ? std::to_string(plan.eval.limit) : "all",
       plan.eval.limit > 0 ? "eval.limit: not a reportable score" : "the whole split", plan.eval.num_fewshot,
       options.max_length > 0 ? options.max_length : source(plan)->config().max_seq_len, options.bos ? "yes" : "no",
@@ -586,7 +588,7 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   builder.release_embeddings();
   const auto tokens_of = [](const std::vector<TokenBatch>& batches) {
     int64_t n = 0;
-    for (const TokenBatch& b : batches) n += b.tokens.numel();
+    for (const TokenBatch& b : batches) n += b.token_count();
     return n;
   };
   const int64_t tokens_per_layer = calib.numel() * (plan.quant.quant.w_quantizer == WeightQuantizer::rtn ? 1 : 3) +

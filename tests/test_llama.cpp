@@ -163,6 +163,58 @@ TEST(LlamaForward, AttentionByGroupsOfHeadsEqualsAllHeadsAtOnce) {
   }
 }
 
+// Rows packed after shared prefixes (SharedPrefixes: zero-shot scoring reads a context once
+// for all its choices) give at every real position the hidden state of the one row
+// (prefix + row) run alone: a Qwen3-like layer (q/k norms, biases, grouped-query), llama3
+// rope scaling, prefixes of different lengths (one empty), padded rows, and a hook that
+// rescales each token by its own largest value (hooks are per token).
+TEST(LlamaForward, SharedPrefixRowsEqualTheirWholeRows) {
+  LlamaConfig c = tiny_config(4, 2, false);
+  c.qk_norm = true;
+  c.attention_bias = c.output_bias = true;
+  c.rope = {RopeScaling::llama3, 4.0, 1.0, 4.0, 8};
+  const LlamaWeights w = random_llama(c, 21);
+  struct PerToken : ForwardHooks {
+    at::Tensor input(int64_t, LinearSite, const at::Tensor& x) override {
+      return x / x.abs().amax(-1, true).clamp_min(1e-3);
+    }
+  } hooks;
+  const std::vector<std::vector<int64_t>> prefixes = {{3, 9, 4, 1, 7}, {8, 2, 6}, {}};
+  const std::vector<std::vector<int64_t>> rows = {{5, 5, 1, 2}, {11, 3}, {7, 30, 1}, {12, 13}};
+  const std::vector<int64_t> prefix_of = {0, 1, 0, 2};
+  const int64_t P = 3, Tp = 5, B = 4, T = 4;
+  at::Tensor prefix_tokens = at::zeros({P, Tp}, at::kLong), tokens = at::zeros({B, T}, at::kLong);
+  SharedPrefixes shared;
+  shared.prefixes = P;
+  shared.prefix_width = Tp;
+  shared.rows = B;
+  shared.width = T;
+  std::vector<int64_t> lengths;
+  for (int64_t p = 0; p < P; ++p) {
+    const auto& t = prefixes[static_cast<size_t>(p)];
+    for (size_t j = 0; j < t.size(); ++j) prefix_tokens[p][static_cast<int64_t>(j)] = t[j];
+    lengths.push_back(static_cast<int64_t>(t.size()));
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (size_t j = 0; j < rows[static_cast<size_t>(b)].size(); ++j) tokens[b][static_cast<int64_t>(j)] = rows[b][j];
+  shared.prefix_of = at::tensor(prefix_of, at::kLong);
+  shared.prefix_length = at::tensor(lengths, at::kLong);
+  const auto embed = [&](const at::Tensor& t) { return llama_embed(c, w.embedding, t, "test").reshape({-1, c.dim}); };
+  at::Tensor x = at::cat({embed(prefix_tokens), embed(tokens)}, 0);
+  for (int64_t l = 0; l < c.n_layers; ++l) x = llama_layer(c, w.layers[l], l, x, &hooks, &shared);
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& prefix = prefixes[static_cast<size_t>(prefix_of[static_cast<size_t>(b)])];
+    std::vector<int64_t> whole = prefix;
+    whole.insert(whole.end(), rows[b].begin(), rows[b].end());
+    at::Tensor alone = llama_embed(c, w.embedding, at::tensor(whole, at::kLong).view({1, -1}), "test");
+    for (int64_t l = 0; l < c.n_layers; ++l) alone = llama_layer(c, w.layers[l], l, alone, &hooks);
+    const int64_t n = static_cast<int64_t>(rows[b].size()), np = static_cast<int64_t>(prefix.size());
+    EXPECT_LT(rel_error(x.narrow(0, P * Tp + b * T, n), alone[0].narrow(0, np, n)), 1e-5) << "row " << b;
+    if (np > 0)
+      EXPECT_LT(rel_error(x.narrow(0, prefix_of[b] * Tp, np), alone[0].narrow(0, 0, np)), 1e-5) << "prefix of " << b;
+  }
+}
+
 TEST(LlamaForward, HooksSeeEverySiteAndCanReplaceInputs) {
   const LlamaWeights w = random_llama(tiny_config(4, 2, false), 1);
   const at::Tensor tokens = at::randint(37, {2, 6}, at::kLong);

@@ -318,6 +318,103 @@ TEST(Loglikelihood, SumOverTheContinuationTokensOfTheFullLogits) {
   EXPECT_EQ(encode_request(tok, {"", "hi"}, false).first, std::vector<int64_t>{0});
 }
 
+// Requests that begin alike (choices after one context, questions after the same few-shot
+// examples, equal inputs) are read after one shared copy of their beginning: each result
+// still equals its own row's direct forward, and the batches hold fewer tokens than the rows.
+TEST(Loglikelihood, SharedPrefixesGiveEachRowsOwnForward) {
+  LlamaWeights w = tiny_model();
+  w.config.max_seq_len = 128;
+  const ByteTokenizer tok;
+  const std::string shots = "Q: 1+1? A: 2\nQ: 2+2? A: 4\nQ: 3+3? A: 6\n";
+  std::vector<LoglikelihoodRequest> requests;
+  for (const std::string& q : {"5+5?", "7+1?", "a much longer question, 9+9?"})
+    for (const std::string& a : {" 10", " 8", " 18", " x"}) requests.push_back({shots + "Q: " + q + " A:", a});
+  for (const std::string& e : {" the dog ran.", " the dog sat down.", " a cat.", " nothing at all here"})
+    requests.push_back({"Walking a dog: a man holds a leash and", e});
+  requests.push_back({"An unrelated context", " alone"});
+  requests.push_back({"", "empty context"});
+  requests.push_back({"xy", "A"});
+  requests.push_back({"xy", "B"});
+  LoglikelihoodOptions options;
+  options.batch = 5;  // groups cut into pieces, pieces of different prefixes in one batch
+  const LoglikelihoodBatches batches = loglikelihood_batches(tok, requests, options, w.config.max_seq_len);
+  int64_t packed = 0, prefixed = 0, alone = 0;
+  for (const TokenBatch& b : batches.batches) {
+    packed += b.token_count();
+    prefixed += b.has_prefixes() ? 1 : 0;
+  }
+  const auto results = loglikelihood_results(batches, score_batches(w, batches.batches));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto [c, k] = encode_request(tok, requests[i], false);
+    std::vector<int64_t> all = c;
+    all.insert(all.end(), k.begin(), k.end());
+    all.pop_back();
+    alone += static_cast<int64_t>(all.size());
+    EXPECT_NEAR(results[i].loglikelihood, direct_loglikelihood(w, all, k.size(), k), 1e-4) << i;
+  }
+  EXPECT_GT(prefixed, 0);
+  EXPECT_LT(packed, alone * 3 / 5) << "padded tokens with shared prefixes vs the rows' own";
+  // The same through a HiddenStream, layer by layer, and cut from the left.
+  HiddenStream stream(batches.batches);
+  stream.embed(w.config, w.embedding, w.origin);
+  for (int64_t l = 0; l < w.config.n_layers; ++l) stream.advance(w.config, w.layers[l], l);
+  const auto streamed = loglikelihood_results(batches, stream.score(w.config, w.final_norm, w.output));
+  for (size_t i = 0; i < requests.size(); ++i)
+    EXPECT_NEAR(streamed[i].loglikelihood, results[i].loglikelihood, 1e-9) << i;
+  options.max_length = 24;
+  const auto cut = score_loglikelihoods(w, nullptr, tok, requests, options);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto [c, k] = encode_request(tok, requests[i], false);
+    std::vector<int64_t> all = c;
+    all.insert(all.end(), k.begin(), k.end());
+    const std::vector<int64_t> input(all.end() - std::min<int64_t>(25, static_cast<int64_t>(all.size())), all.end() - 1);
+    const size_t scored = std::min(k.size(), input.size());
+    EXPECT_NEAR(cut[i].loglikelihood,
+                direct_loglikelihood(w, input, scored, std::vector<int64_t>(k.end() - static_cast<int64_t>(scored), k.end())),
+                1e-4) << i;
+  }
+}
+
+// MMLU 5-shot's shape: subjects whose prompts share a header, then each subject's own
+// few-shot examples, then the question; four one-token answers read one input (MMLU's " A"
+// is one token of SmolLM2's, "A" one of the byte tokenizer's). Each
+// subject's questions read its examples once (its first question does not join the
+// previous subject's group on the header alone), and the scores are each row's own.
+TEST(Loglikelihood, FewShotSubjectsShareTheirExamples) {
+  LlamaWeights w = tiny_model();
+  w.config.max_seq_len = 128;
+  const ByteTokenizer tok;
+  const std::string header = "Questions about ";
+  std::vector<LoglikelihoodRequest> requests;
+  std::vector<int64_t> shots_length;
+  // The first subject's questions share a long stem but for one ("z?", last in order), which
+  // is left a group of its own: the next subject's first question must not join it on the
+  // header alone.
+  const std::vector<std::pair<std::string, std::vector<std::string>>> subjects = {
+      {"arithmetic.\n1+1? 2\n2+2? 4\n",
+       {"Compute the following sum with care: 3+3?", "Compute the following sum with care: 4+1?",
+        "Compute the following sum with care: 9+0?", "Compute the following sum with care: 2+5?", "z?"}},
+      {"letters.\nAfter a? b\nAfter b? c\n", {"Before c?", "After x?", "Before z?"}}};
+  for (const auto& [subject, questions] : subjects) {
+    shots_length.push_back(static_cast<int64_t>((header + subject).size()));
+    for (const std::string& q : questions)
+      for (const std::string& a : {"A", "B", "C", "D"}) requests.push_back({header + subject + q, a});  // one byte each
+  }
+  LoglikelihoodOptions options;
+  options.batch = 16;
+  const LoglikelihoodBatches batches = loglikelihood_batches(tok, requests, options, w.config.max_seq_len);
+  for (const TokenBatch& b : batches.batches) {
+    ASSERT_TRUE(b.has_prefixes());
+    EXPECT_EQ(b.tokens.size(0), static_cast<int64_t>(b.select.size()) / 4) << "one row per question";
+    for (int64_t n : b.prefix_length) EXPECT_GE(n, std::min(shots_length[0], shots_length[1])) << "a header-only prefix";
+  }
+  const auto results = loglikelihood_results(batches, score_batches(w, batches.batches));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto [c, k] = encode_request(tok, requests[i], false);
+    EXPECT_NEAR(results[i].loglikelihood, direct_loglikelihood(w, c, 1, k), 1e-4) << i;
+  }
+}
+
 TEST(Loglikelihood, ContextsAreCutFromTheLeft) {
   const LlamaWeights w = tiny_model();
   const ByteTokenizer tok;
