@@ -210,8 +210,9 @@ TEST(LlamaForward, SharedPrefixRowsEqualTheirWholeRows) {
     for (int64_t l = 0; l < c.n_layers; ++l) alone = llama_layer(c, w.layers[l], l, alone, &hooks);
     const int64_t n = static_cast<int64_t>(rows[b].size()), np = static_cast<int64_t>(prefix.size());
     EXPECT_LT(rel_error(x.narrow(0, P * Tp + b * T, n), alone[0].narrow(0, np, n)), 1e-5) << "row " << b;
-    if (np > 0)
+    if (np > 0) {
       EXPECT_LT(rel_error(x.narrow(0, prefix_of[b] * Tp, np), alone[0].narrow(0, 0, np)), 1e-5) << "prefix of " << b;
+    }
   }
 }
 
