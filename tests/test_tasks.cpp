@@ -269,7 +269,7 @@ class ByteTokenizer : public Tokenizer {
   std::string origin_ = "bytes";
 };
 
-LlamaWeights tiny_model() {
+LlamaWeights tiny_model(int64_t context = 64) {
   LlamaConfig c;
   c.dim = 32;
   c.hidden_dim = 64;
@@ -277,7 +277,7 @@ LlamaWeights tiny_model() {
   c.n_heads = 4;
   c.n_kv_heads = 2;
   c.vocab_size = 258;
-  c.max_seq_len = 64;
+  c.max_seq_len = context;
   return random_llama(c, 7);
 }
 
@@ -322,14 +322,13 @@ TEST(Loglikelihood, SumOverTheContinuationTokensOfTheFullLogits) {
 // examples, equal inputs) are read after one shared copy of their beginning: each result
 // still equals its own row's direct forward, and the batches hold fewer tokens than the rows.
 TEST(Loglikelihood, SharedPrefixesGiveEachRowsOwnForward) {
-  LlamaWeights w = tiny_model();
-  w.config.max_seq_len = 128;
+  const LlamaWeights w = tiny_model(128);
   const ByteTokenizer tok;
   const std::string shots = "Q: 1+1? A: 2\nQ: 2+2? A: 4\nQ: 3+3? A: 6\n";
   std::vector<LoglikelihoodRequest> requests;
-  for (const std::string& q : {"5+5?", "7+1?", "a much longer question, 9+9?"})
-    for (const std::string& a : {" 10", " 8", " 18", " x"}) requests.push_back({shots + "Q: " + q + " A:", a});
-  for (const std::string& e : {" the dog ran.", " the dog sat down.", " a cat.", " nothing at all here"})
+  for (const char* q : {"5+5?", "7+1?", "a much longer question, 9+9?"})
+    for (const char* a : {" 10", " 8", " 18", " x"}) requests.push_back({shots + "Q: " + q + " A:", a});
+  for (const char* e : {" the dog ran.", " the dog sat down.", " a cat.", " nothing at all here"})
     requests.push_back({"Walking a dog: a man holds a leash and", e});
   requests.push_back({"An unrelated context", " alone"});
   requests.push_back({"", "empty context"});
@@ -381,8 +380,7 @@ TEST(Loglikelihood, SharedPrefixesGiveEachRowsOwnForward) {
 // subject's questions read its examples once (its first question does not join the
 // previous subject's group on the header alone), and the scores are each row's own.
 TEST(Loglikelihood, FewShotSubjectsShareTheirExamples) {
-  LlamaWeights w = tiny_model();
-  w.config.max_seq_len = 128;
+  const LlamaWeights w = tiny_model(128);
   const ByteTokenizer tok;
   const std::string header = "Questions about ";
   std::vector<LoglikelihoodRequest> requests;
@@ -398,7 +396,7 @@ TEST(Loglikelihood, FewShotSubjectsShareTheirExamples) {
   for (const auto& [subject, questions] : subjects) {
     shots_length.push_back(static_cast<int64_t>((header + subject).size()));
     for (const std::string& q : questions)
-      for (const std::string& a : {"A", "B", "C", "D"}) requests.push_back({header + subject + q, a});  // one byte each
+      for (const char* a : {"A", "B", "C", "D"}) requests.push_back({header + subject + q, a});  // one byte each
   }
   LoglikelihoodOptions options;
   options.batch = 16;
