@@ -646,9 +646,9 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   const double record_start = now_seconds();
 
   // One residual site: its fit metrics (e.g. cayley_sgd's grad_norm_ratio) are the run's,
-  // as a single-site run's are at site level.
+  // as a single-site run's are at site level; added to the task metrics already recorded.
   if (!online && record.site_metrics.size() == 1) {
-    record.metrics = record.site_metrics.begin()->second;
+    for (const auto& [name, value] : record.site_metrics.begin()->second) record.metrics[name] = value;
     record.site_metrics.clear();
   }
   if (has_text) {
