@@ -570,6 +570,13 @@ methods: [{{label: rtn, method: identity}}]
   ASSERT_EQ(second.code, 0) << second.err;
   EXPECT_EQ(metric(second.out, "piqa.acc_fp"), acc_fp < 1.0 ? 1.0 : 0.0);
   EXPECT_EQ(metric(second.out, "piqa.acc"), metric(first.out, "piqa.acc"));
+  // A residual-placement run (one fitted site, whose fit metrics become the run's) keeps its task metrics.
+  const auto residual = testing::run_cli(
+      dir.path(), "run zs.yaml --out out --json --set 'methods=[{label: quarot, method: hadamard, quant: {placement: residual}}]'",
+      "SQLAB_THREADS=1");
+  ASSERT_EQ(residual.code, 0) << residual.err;
+  EXPECT_EQ(metric(residual.out, "piqa.examples"), 3.0);
+  EXPECT_EQ(metric(residual.out, "piqa.acc_fp"), acc_fp < 1.0 ? 1.0 : 0.0);
 }
 
 }  // namespace
