@@ -43,7 +43,12 @@ ScoredTokens score_positions(const at::Tensor& head_input, const TokenBatch& bat
   return out;
 }
 
-SharedPrefixes shared_prefixes(const TokenBatch& b) {
+namespace {
+const SharedPrefixes* pointer_to(const std::optional<SharedPrefixes>& shared) { return shared ? &*shared : nullptr; }
+}  // namespace
+
+std::optional<SharedPrefixes> shared_prefixes(const TokenBatch& b) {
+  if (!b.has_prefixes()) return std::nullopt;
   SharedPrefixes s;
   s.prefixes = b.prefix_tokens.size(0);
   s.prefix_width = b.prefix_tokens.size(1);
@@ -130,8 +135,11 @@ void HiddenStream::embed(const LlamaConfig& config, const at::Tensor& embedding,
   shapes_.assign(batches_.size(), {});
   in_memory_ = spilled_bytes_ = 0;
   scratch_fd_.reset();
-  for (size_t i = 0; i < batches_.size(); ++i)
+  shared_.clear();
+  for (size_t i = 0; i < batches_.size(); ++i) {
+    shared_.push_back(shared_prefixes(batches_[i]));
     store(i, embed_batch(config, embedding, batches_[i], origin).to(dtype_));
+  }
 }
 
 void HiddenStream::advance(const LlamaConfig& config, const LlamaLayer& layer_in, int64_t index, ForwardHooks* hooks) {
@@ -141,9 +149,7 @@ void HiddenStream::advance(const LlamaConfig& config, const LlamaLayer& layer_in
   for (size_t i = 0; i < batches_.size(); ++i) {
     throw_if_interrupted();
     const at::Device device = layer.wq.device();
-    const TokenBatch& b = batches_[i];
-    const SharedPrefixes shared = b.has_prefixes() ? shared_prefixes(b) : SharedPrefixes{};
-    store(i, llama_layer(config, layer, index, hidden(i).to(device), hooks, b.has_prefixes() ? &shared : nullptr));
+    store(i, llama_layer(config, layer, index, hidden(i).to(device), hooks, pointer_to(shared_.at(i))));
   }
 }
 
@@ -186,10 +192,10 @@ std::vector<ScoredTokens> score_batches(const LlamaWeights& weights, const std::
   const LlamaConfig& c = weights.config;
   for (const TokenBatch& b : batches) {
     throw_if_interrupted();
-    const SharedPrefixes shared = b.has_prefixes() ? shared_prefixes(b) : SharedPrefixes{};
+    const std::optional<SharedPrefixes> shared = shared_prefixes(b);
     at::Tensor x = embed_batch(c, weights.embedding, b, weights.origin);
     for (int64_t l = 0; l < c.n_layers; ++l)
-      x = llama_layer(c, weights.layers.at(l), l, x, hooks, b.has_prefixes() ? &shared : nullptr);
+      x = llama_layer(c, weights.layers.at(l), l, x, hooks, pointer_to(shared));
     out.push_back(score_positions(llama_head_input(c, weights.final_norm, x, hooks), b, weights.output));
   }
   return out;

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,8 +36,9 @@ struct TokenBatch {
   int64_t token_count() const { return tokens.numel() + (has_prefixes() ? prefix_tokens.numel() : 0); }
 };
 
-// The SharedPrefixes of a batch with prefixes (checked: every row has one, lengths fit).
-SharedPrefixes shared_prefixes(const TokenBatch& batch);
+// The SharedPrefixes of a batch with prefixes (checked: every row has one, lengths fit);
+// none for a batch of rows of their own.
+std::optional<SharedPrefixes> shared_prefixes(const TokenBatch& batch);
 
 // A batch's embedded tokens: B x T x dim, or (P*Tp + B*T) x dim with shared prefixes.
 at::Tensor embed_batch(const LlamaConfig& config, const at::Tensor& embedding, const TokenBatch& batch,
@@ -95,6 +97,7 @@ class HiddenStream {
   int64_t budget_ = -1;                  // -1: everything in memory
   std::string scratch_dir_;
   std::shared_ptr<int> scratch_fd_;      // closed with the last copy of the stream
+  std::vector<std::optional<SharedPrefixes>> shared_;  // per batch, built once by embed()
   int64_t in_memory_ = 0, spilled_bytes_ = 0;
 };
 
