@@ -385,6 +385,30 @@ TEST(DuQuant, ZigzagSpreadsTheLargestChannels) {
   EXPECT_THROW(zigzag_permutation(absmax, 5), Error);
 }
 
+// The block GEMMs on column slices equal x R and x R^T with R = diag(B_0, ..., B_3), in
+// float64, in float32 on a batch x tokens x n input, and in bfloat16 (computed in float32).
+TEST(DuQuant, BlockDiagonalRotationEqualsItsDenseMatrix) {
+  at::Generator g = make_generator(5, "blocks");
+  const at::Tensor blocks = std::get<0>(at::linalg_qr(at::randn({4, 24, 24}, g, at::kDouble)));
+  const BlockDiagonalRotation r(blocks);
+  const at::Tensor R = r.dense();
+  EXPECT_LT(orthogonality_error(R), 1e-12);
+  EXPECT_EQ(max_abs(R.slice(0, 0, 24).slice(1, 24, 96)), 0.0);  // block-diagonal
+  const at::Tensor x = at::randn({3, 50, 96}, g, at::kDouble);
+  const std::vector<std::pair<at::ScalarType, double>> cases = {
+      {at::kDouble, 1e-12}, {at::kFloat, 1e-6}, {at::kBFloat16, 1e-2}};
+  for (const auto& [dtype, tolerance] : cases) {
+    const at::Tensor in = x.to(dtype);
+    const at::Tensor exact = in.to(at::kDouble);
+    const at::Tensor y = r.apply(in), back = r.apply_inverse(in);
+    EXPECT_EQ(y.scalar_type(), dtype);
+    EXPECT_EQ(y.sizes(), x.sizes());
+    EXPECT_LT(rel(y.to(at::kDouble), exact.matmul(R)), tolerance) << c10::toString(dtype);
+    EXPECT_LT(rel(back.to(at::kDouble), exact.matmul(R.t())), tolerance) << c10::toString(dtype);
+  }
+  EXPECT_EQ(r.apply(at::empty({0, 96})).size(0), 0);
+}
+
 TEST(DuQuant, GreedyBlockRotationNeverRaisesTheBlockMax) {
   const Site site = llama_like_site(64, 128, 4);
   const at::Tensor x = site.X.to(at::kDouble);
