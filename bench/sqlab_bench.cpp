@@ -4,7 +4,8 @@
 //
 //   apply/...   x R on a 2048 x n float32 activation block (n = 4096, 11008): a plain copy of
 //               the block first (the bandwidth reference), then the dense GEMM, the Kronecker
-//               kernel and the fast Walsh-Hadamard transform. Each reports bytes per second
+//               kernel, the fast Walsh-Hadamard transform and DuQuant's 128-block rotation
+//               (with the batched matmul it replaced). Each reports bytes per second
 //               (the block read once and written once) and x_copy = its time / the copy's time.
 //   fake_quant/...  fake quantization of the same block: per-token 4-bit asymmetric activations
 //               and per-channel 4-bit symmetric weights (rows = output channels), also x_copy.
@@ -44,6 +45,7 @@
 #include "datasets/synthetic.h"
 #include "methods/builtin.h"
 #include "quant/quant.h"
+#include "rotations/block_rotation.h"
 #include "rotations/hadamard.h"
 #include "rotations/kronecker.h"
 
@@ -149,6 +151,24 @@ void register_apply(int64_t n) {
     const HadamardRotation h(n, random_signs(n, make_generator(4, "bench/signs")));
     state.SetLabel(fmt::format("2^k x {}", h.base_order()));
     timed_block(state, n, [&] { benchmark::DoNotOptimize(h.apply(x)); }, false);
+  })->Unit(benchmark::kMillisecond)->UseRealTime();
+
+  // DuQuant's block-diagonal rotation (128-blocks), and the batched matmul over a transposed
+  // (K, tokens, b) view that its per-block GEMMs on column slices replaced, as a reference.
+  const at::Tensor blocks = at::randn({n / 128, 128, 128}, make_generator(5, "bench/blocks"), at::kFloat);
+  benchmark::RegisterBenchmark(("apply/block_diagonal" + suffix).c_str(), [n, blocks](benchmark::State& state) {
+    const at::Tensor& x = activations(n);
+    const BlockDiagonalRotation r(blocks);
+    state.SetLabel(fmt::format("{} x 128", n / 128));
+    timed_block(state, n, [&] { benchmark::DoNotOptimize(r.apply(x)); }, false);
+  })->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark(("apply/block_diagonal_bmm" + suffix).c_str(), [n, blocks](benchmark::State& state) {
+    const at::Tensor& x = activations(n);
+    const at::Tensor b32 = blocks.contiguous();
+    timed_block(state, n, [&] {
+      const at::Tensor per_block = x.reshape({-1, n / 128, 128}).transpose(0, 1);
+      benchmark::DoNotOptimize(at::bmm(per_block, b32).transpose(0, 1).reshape(x.sizes()));
+    }, false);
   })->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
