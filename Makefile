@@ -42,8 +42,11 @@ test: install models
 # Microbenchmarks (bench/sqlab_bench.cpp): apply and fake-quant throughput against a copy,
 # rotation build times per method and n. BENCH_ARGS=--benchmark_filter=apply/ picks a group;
 # SQLAB_BENCH_LARGE=1 adds the dense O(n^3) builds at n >= 11008 (slow).
+# The same OpenBLAS kernels as the tests (scripts/openblas_coretype.sh): the float32 GEMMs
+# run 5-10x slower on the generic ones OpenBLAS 0.3.21 falls back to on recent Xeons.
 bench: build
-	$(BUILD)/sqlab_bench --benchmark_counters_tabular=true $(BENCH_ARGS)
+	core=$$(scripts/openblas_coretype.sh); \
+	env $${core:+OPENBLAS_CORETYPE=$$core} $(BUILD)/sqlab_bench --benchmark_counters_tabular=true $(BENCH_ARGS)
 
 # Reliability (README "Reliability"). `make stress`: the kill test with STRESS_KILLS
 # stops, then every fuzzer for 600 s. `make fuzz`: the libFuzzer targets (clang) for

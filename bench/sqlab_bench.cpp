@@ -25,6 +25,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
+#include <dlfcn.h>
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
@@ -262,6 +263,10 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("threads", std::to_string(at::get_num_threads()));
   benchmark::AddCustomContext("simd", sqlab::simd_level_name(sqlab::simd_level()));
+  // Which OpenBLAS kernels the float32 GEMMs ran on (`make bench` picks them as the tests do).
+  using CoreName = char* (*)();
+  if (const auto corename = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename")))
+    benchmark::AddCustomContext("openblas_core", corename());
   sqlab::register_all();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
