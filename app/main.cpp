@@ -1,6 +1,5 @@
 // sqlab: the command line. The only place that wires core to the plugins.
 #include <c10/util/Exception.h>
-#include <dlfcn.h>
 #include <fmt/format.h>
 #include <strings.h>
 #include <unistd.h>
@@ -71,11 +70,9 @@ bool generic_core(std::string name) {
 
 void reexec_with_fast_openblas(char** argv) {
   if (std::getenv("SQLAB_KEEP_CORETYPE") || std::getenv("SQLAB_OPENBLAS_CHOSEN")) return;
-  using CoreName = char* (*)();
-  const auto corename = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
   const char* best = core_for_this_cpu();
-  if (!corename || !corename() || !best) return;
-  const std::string running = corename();
+  const std::string running = sqlab::openblas_core_name();
+  if (running.empty() || !best) return;
   const char* forced = std::getenv("OPENBLAS_CORETYPE");
   const bool slow_forced = forced && strcasecmp(running.c_str(), "Haswell") == 0 && std::string(best) == "SkylakeX";
   if (!generic_core(running) && !slow_forced) return;

@@ -25,7 +25,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
-#include <dlfcn.h>
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
@@ -264,9 +263,8 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("threads", std::to_string(at::get_num_threads()));
   benchmark::AddCustomContext("simd", sqlab::simd_level_name(sqlab::simd_level()));
   // Which OpenBLAS kernels the float32 GEMMs ran on (`make bench` picks them as the tests do).
-  using CoreName = char* (*)();
-  if (const auto corename = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename")))
-    benchmark::AddCustomContext("openblas_core", corename());
+  const std::string openblas_core = sqlab::openblas_core_name();
+  if (!openblas_core.empty()) benchmark::AddCustomContext("openblas_core", openblas_core);
   sqlab::register_all();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

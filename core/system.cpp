@@ -4,6 +4,7 @@
 
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -70,6 +71,13 @@ void write_file_atomic(const std::string& path, const std::string& text) {
     std::remove(tmp.c_str());
     throw Error(fmt::format("{}: cannot rename into place", path));
   }
+}
+
+std::string openblas_core_name() {
+  using CoreName = char* (*)();
+  const auto corename = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  const char* name = corename ? corename() : nullptr;
+  return name ? name : "";
 }
 
 double now_seconds() {

@@ -22,6 +22,9 @@ void throw_if_interrupted();
 // see a half-written file.
 void write_file_atomic(const std::string& path, const std::string& text);
 
+// The kernels OpenBLAS chose ("SkylakeX", "Prescott", ...), or "" when the BLAS is not OpenBLAS.
+std::string openblas_core_name();
+
 // Seconds on a monotonic clock.
 double now_seconds();
 
