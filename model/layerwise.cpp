@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/system.h"
 #include "core/torch_compat.h"
+#include "model/gemm.h"
 
 namespace sqlab {
 
@@ -29,7 +30,7 @@ ScoredTokens score_positions(const at::Tensor& head_input, const TokenBatch& bat
     const int64_t count = std::min(chunk, n - begin);
     const at::Tensor picked =
         flat.index_select(0, select.narrow(0, begin, count).to(device)).to(output.scalar_type());
-    const at::Tensor logp = at::log_softmax(at::linear(picked, output).to(at::kDouble), -1);
+    const at::Tensor logp = at::log_softmax(gemm::linear(picked, output).to(at::kDouble), -1);
     const at::Tensor target = targets.narrow(0, begin, count).to(device).unsqueeze(1);
     const at::Tensor chosen = logp.gather(1, target).squeeze(1).cpu().contiguous();
     const at::Tensor greedy = logp.argmax(1).eq(target.squeeze(1)).cpu().contiguous();

@@ -3,6 +3,7 @@
 #include "model/llama.h"
 
 #include "core/error.h"
+#include "model/gemm.h"
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -104,9 +105,7 @@ std::pair<at::Tensor, at::Tensor> rotary_tables(int64_t seq_len, const LlamaConf
 }
 
 // x W^T (+ b when the family has the bias).
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
-}
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) { return gemm::linear(x, w, b); }
 
 // x: B x H x T x hd.
 at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -131,18 +130,18 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
   std::vector<at::Tensor> parts;
   for (int64_t h = 0; h < H; h += group) {
     const int64_t n = std::min(group, H - h);
-    at::Tensor scores = at::matmul(q.narrow(1, h, n), k.narrow(1, h, n).transpose(-2, -1)) * scale;
+    at::Tensor scores = gemm::matmul(q.narrow(1, h, n), k.narrow(1, h, n).transpose(-2, -1)) * scale;
     scores = scores.masked_fill(masked, -std::numeric_limits<float>::infinity());
     // The softmax in float32 whatever the compute dtype (transformers' eager attention).
     const bool wide = scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble;
     const at::Tensor p = wide ? at::softmax(scores, -1) : at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-    parts.push_back(at::matmul(p, v.narrow(1, h, n)));
+    parts.push_back(gemm::matmul(p, v.narrow(1, h, n)));
   }
   return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
 }
 
 at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens, ForwardHooks* hooks) {
-  return at::linear(llama_hidden(weights, tokens, hooks), weights.output);
+  return gemm::linear(llama_hidden(weights, tokens, hooks), weights.output);
 }
 
 at::Tensor llama_hidden(const LlamaWeights& weights, const at::Tensor& tokens, ForwardHooks* hooks) {
@@ -261,9 +260,9 @@ at::Tensor llama_layer(const LlamaConfig& c, const LlamaLayer& layer, int64_t l,
   x = x + linear(attn, layer.wo, layer.bo);
 
   h = hook(hooks, l, LinearSite::mlp_in, rms_norm(x, layer.mlp_norm, c.norm_eps));
-  at::Tensor g = at::silu(at::linear(h, layer.w_gate)) * at::linear(h, layer.w_up);
+  at::Tensor g = at::silu(gemm::linear(h, layer.w_gate)) * gemm::linear(h, layer.w_up);
   g = hook(hooks, l, LinearSite::mlp_out, g);
-  return x + at::linear(g, layer.w_down);
+  return x + gemm::linear(g, layer.w_down);
 }
 
 at::Tensor llama_head_input(const LlamaConfig& c, const at::Tensor& final_norm, const at::Tensor& x,

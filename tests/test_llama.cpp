@@ -11,6 +11,7 @@
 #include "model/capture.h"
 #include "model/checkpoint.h"
 #include "model/fold.h"
+#include "model/gemm.h"
 #include "model/llama.h"
 #include "model/perplexity.h"
 
@@ -298,6 +299,57 @@ TEST(Perplexity, WindowsScoreEachTargetOnce) {
   EXPECT_EQ(w[1].begin, 5);
   EXPECT_EQ(w[1].first_scored, 3);  // targets 8..12
   EXPECT_EQ(w[2].first_scored, 3);  // targets 13..17
+}
+
+}  // namespace
+}  // namespace sqlab
+
+namespace sqlab {
+namespace {
+
+// Every element of a 16-bit product within half a bfloat16 ulp (2^-8 relative) of the exact
+// product of its (exactly widened) operands, plus what float32 accumulation may add.
+void expect_rounded_once(const at::Tensor& y, const at::Tensor& exact, const at::Tensor& magnitude, int64_t terms) {
+  ASSERT_EQ(y.scalar_type(), at::kBFloat16);
+  ASSERT_EQ(y.sizes(), exact.sizes());
+  const at::Tensor error = (y.to(at::kDouble) - exact).abs();
+  const at::Tensor bound = exact.abs() * std::ldexp(1.0, -8) + magnitude * (terms * std::ldexp(1.0, -23));
+  EXPECT_TRUE(error.le(bound).all().item<bool>()) << "worst excess " << (error - bound).max().item<double>();
+}
+
+// The 16-bit products of the forward (model/gemm.h): the float32 path is the exact product
+// rounded once; LibTorch's own kernels give the same numbers within one rounding; float32
+// inputs are untouched; and the path this CPU takes is the one its flags call for.
+TEST(Gemm16, WidenedProductsAreTheFloat32SumRoundedOnce) {
+  at::manual_seed(3);
+  const at::Tensor x = (at::randn({5, 7, 64}) * 3).to(at::kBFloat16);
+  const at::Tensor w = at::randn({48, 64}).to(at::kBFloat16);
+  const at::Tensor b = at::randn({48}).to(at::kBFloat16);
+  const at::Tensor xd = x.to(at::kDouble), wd = w.to(at::kDouble), bd = b.to(at::kDouble);
+  const at::Tensor exact = at::linear(xd, wd, bd);
+  const at::Tensor magnitude = at::linear(xd.abs(), wd.abs(), bd.abs());
+  expect_rounded_once(gemm::widened_linear(x, w, b), exact, magnitude, 65);
+  expect_rounded_once(gemm::widened_linear(x, w), at::linear(xd, wd), at::linear(xd.abs(), wd.abs()), 64);
+  // LibTorch's bfloat16 kernel (whichever this CPU runs) rounds its float32 sum once too.
+  expect_rounded_once(at::linear(x, w, b), exact, magnitude, 65);
+
+  // Batched, broadcast matmul (the attention's q k^T and p v).
+  const at::Tensor q = at::randn({2, 3, 10, 16}).to(at::kBFloat16);
+  const at::Tensor k = at::randn({2, 3, 12, 16}).to(at::kBFloat16);
+  const at::Tensor qd = q.to(at::kDouble), kd = k.to(at::kDouble);
+  expect_rounded_once(gemm::widened_matmul(q, k.transpose(-2, -1)), at::matmul(qd, kd.transpose(-2, -1)),
+                      at::matmul(qd.abs(), kd.abs().transpose(-2, -1)), 16);
+
+  // float32 goes straight to LibTorch, bit for bit; 16-bit CPU tensors take this CPU's path.
+  const at::Tensor xf = at::randn({9, 64}), wf = at::randn({48, 64});
+  EXPECT_TRUE(gemm::linear(xf, wf).equal(at::linear(xf, wf)));
+  EXPECT_TRUE(gemm::matmul(xf, wf.t()).equal(at::matmul(xf, wf.t())));
+  const std::string& path = gemm::cpu_path16();
+  ASSERT_TRUE(path == "native" || path == "float32") << path;
+  const at::Tensor expected = path == "float32" ? gemm::widened_linear(x, w, b) : at::linear(x, w, b);
+  EXPECT_TRUE(gemm::linear(x, w, b).equal(expected)) << path;
+  EXPECT_TRUE(gemm::matmul(q, k.transpose(-2, -1))
+                  .equal(path == "float32" ? gemm::widened_matmul(q, k.transpose(-2, -1)) : at::matmul(q, k.transpose(-2, -1))));
 }
 
 }  // namespace
