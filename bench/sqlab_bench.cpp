@@ -1,6 +1,6 @@
 // sqlab's microbenchmarks (Google Benchmark): `make bench`, or build/sqlab_bench directly
-// (`--benchmark_filter=apply/` to run one group). Three groups, registered in this order
-// (and a fourth, device/..., where a CUDA device is seen: bench/device_bench.cpp):
+// (`--benchmark_filter=apply/` to run one group). Four groups, registered in this order
+// (and a fifth, device/..., where a CUDA device is seen: bench/device_bench.cpp):
 //
 //   apply/...   x R on a 2048 x n float32 activation block (n = 4096, 11008): a plain copy of
 //               the block first (the bandwidth reference), then the dense GEMM, the Kronecker
@@ -14,6 +14,10 @@
 //               synthetic LLaMA-like tokens (heavy-tailed bulk, 32 normal-outlier channels,
 //               two massive-outlier channels at three tokens), at n = 1024, 4096, 11008, 14336.
 //               The data of each n is generated once, outside the timed loop.
+//   gemm16/...  a bfloat16 linear layer of SmolLM2's MLP shape (512 tokens x 576 -> 1536):
+//               float32 (the reference), LibTorch's own bfloat16 kernel, the widened float32
+//               path of model/gemm.h, and gemm::linear (the path this CPU takes, its label),
+//               each with GFLOP/s and x_float32 = its time / the float32 row's.
 //
 // Team targets (reported, not asserted): WHT apply within 2x copy, Kronecker within 3x,
 // fake quantization at half the copy bandwidth or better (x_copy <= 2).
@@ -44,6 +48,7 @@
 #include "core/system.h"
 #include "datasets/synthetic.h"
 #include "methods/builtin.h"
+#include "model/gemm.h"
 #include "quant/quant.h"
 #include "rotations/block_rotation.h"
 #include "rotations/hadamard.h"
@@ -186,6 +191,40 @@ void register_quant(int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 16-bit products (model/gemm.h).
+
+double& gemm16_float32_seconds() {
+  static double seconds = 0.0;
+  return seconds;
+}
+
+void register_gemm16() {
+  constexpr int64_t tokens = 512, in = 576, out = 1536;
+  using Product = std::function<at::Tensor(const at::Tensor&, const at::Tensor&)>;
+  const std::vector<std::pair<std::string, Product>> rows = {
+      {"float32", [](const at::Tensor& x, const at::Tensor& w) { return at::linear(x, w); }},
+      {"bfloat16_native", [](const at::Tensor& x, const at::Tensor& w) { return at::linear(x, w); }},
+      {"bfloat16_widened", [](const at::Tensor& x, const at::Tensor& w) { return gemm::widened_linear(x, w); }},
+      {"bfloat16_forward", [](const at::Tensor& x, const at::Tensor& w) { return gemm::linear(x, w); }},
+  };
+  for (const auto& [name, product] : rows) {
+    benchmark::RegisterBenchmark(("gemm16/" + name).c_str(), [name = name, product = product](benchmark::State& state) {
+      const at::ScalarType dtype = name == "float32" ? at::kFloat : at::kBFloat16;
+      const at::Tensor x = at::randn({tokens, in}, make_generator(6, "bench/x16"), at::kFloat).to(dtype);
+      const at::Tensor w = at::randn({out, in}, make_generator(6, "bench/w16"), at::kFloat).to(dtype);
+      benchmark::DoNotOptimize(product(x, w));  // warm-up
+      const double start = seconds_now();
+      for (auto _ : state) benchmark::DoNotOptimize(product(x, w));
+      const double per_iteration = (seconds_now() - start) / static_cast<double>(state.iterations());
+      if (name == "float32") gemm16_float32_seconds() = per_iteration;
+      state.counters["GFLOP/s"] = 2.0 * tokens * in * out / per_iteration / 1e9;
+      if (gemm16_float32_seconds() > 0) state.counters["x_float32"] = per_iteration / gemm16_float32_seconds();
+      if (name == "bfloat16_forward") state.SetLabel("path " + gemm::cpu_path16());
+    })->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Rotation builds through the registry.
 
 class NullLog : public FitLog {
@@ -250,6 +289,7 @@ void register_all() {
   for (const BuildCase& c : build_cases())
     for (int64_t n : {1024, 4096, 11008, 14336})
       if (n <= c.max_n || large) register_build(c, n);
+  register_gemm16();
   register_device_benchmarks();  // device/...: only where a CUDA device is seen
 }
 
