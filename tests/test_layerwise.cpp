@@ -22,6 +22,7 @@
 #include "model/capture.h"
 #include "model/checkpoint.h"
 #include "model/fold.h"
+#include "model/gemm.h"
 #include "model/layerwise.h"
 #include "model/perplexity.h"
 #include "model/tokenizer.h"
@@ -426,7 +427,13 @@ methods: [{label: had, method: hadamard}]
   int bf16_runs = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir.file("out/runs"))) {
     const RunRecord record = read_run_file(entry.path().string());
-    if (record.attributes.at("compute_dtype") == "bfloat16") ++bf16_runs;
+    const bool bf16_run = record.attributes.at("compute_dtype") == "bfloat16";
+    bf16_runs += bf16_run;
+    // How its 16-bit products ran on this CPU (model/gemm.h), recorded for bfloat16 runs only.
+    if (bf16_run)
+      EXPECT_EQ(record.attributes.at("cpu_gemm16"), gemm::cpu_path16());
+    else
+      EXPECT_EQ(record.attributes.count("cpu_gemm16"), 0u);
   }
   EXPECT_EQ(bf16_runs, 1);
   const testing::CliResult bad =
