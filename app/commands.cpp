@@ -17,6 +17,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/experiment.h"
+#include "core/progress.h"
 #include "core/runner.h"
 #include "core/summary.h"
 #include "core/system.h"
@@ -159,14 +160,14 @@ int command_run(const std::vector<std::string>& args, const Registries& registri
   runner.resume = vm["resume"].as<bool>();
   runner.fail_fast = vm["fail-fast"].as<bool>();
   if (vm.count("shard")) std::tie(runner.shard_index, runner.shard_count) = parse_shard(vm["shard"].as<std::string>());
-  runner.progress = stderr_is_terminal();
+  runner.progress = default_progress_mode();
   const int jobs = vm["jobs"].as<int>();
   if (jobs < 1) throw config_error(fmt::format("run: --jobs {}: expected a positive number of processes", jobs));
   const bool worker = vm.count("worker") > 0;
   if (worker) {  // one of a --jobs parent's processes (app/run_jobs.h)
     std::tie(runner.worker_index, runner.worker_count) = parse_shard(vm["worker"].as<std::string>());
     runner.summary_dir = worker_summary_dir(runner.out_dir, runner.worker_index);
-    runner.progress = false;
+    runner.progress = ProgressMode::off;
   }
   const RunnerResult result = jobs > 1 && !worker
                                   ? run_jobs(ex, registries, runner, jobs, worker_args(vm, runner.out_dir))

@@ -9,6 +9,7 @@
 #include "core/config.h"
 #include "core/experiment.h"
 #include "core/method.h"
+#include "core/progress.h"
 #include "core/registries.h"
 #include "core/run_record.h"
 #include "core/summary.h"
@@ -72,7 +73,7 @@ struct RunnerOptions {
   // N machines (a SLURM array, say) share one sweep; `sqlab merge` joins the pieces.
   int64_t shard_index = 0;
   int64_t shard_count = 1;
-  bool progress = true;  // on a terminal only (the caller decides)
+  ProgressMode progress = ProgressMode::off;  // the caller decides (core/progress.h)
   bool fail_fast = false;  // stop at the first failed run (default: keep going)
   // `sqlab run --jobs N` (app/run_jobs.cpp): worker W of N runs every N-th run of its shard,
   // leaves the directory to the parent (which prepared it) and writes its summaries to

@@ -594,8 +594,8 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   };
   const int64_t tokens_per_layer = calib.numel() * (plan.quant.quant.w_quantizer == WeightQuantizer::rtn ? 1 : 3) +
                                    eval_count * (need_fp ? 2 : 1) + tokens_of(task_batches) + tokens_of(task_batches_fp);
-  // On a terminal: layer i/N, elapsed, time left, tokens per second (core/progress.h).
-  Progress progress(static_cast<size_t>(config.n_layers), stderr_is_terminal());
+  // Layer i/N, elapsed, time left, tokens per second: on a terminal, or a line a minute in a log (core/progress.h).
+  Progress progress(static_cast<size_t>(config.n_layers), default_progress_mode());
   const double pass_start = now_seconds();
   for (int64_t l = 0; l < config.n_layers; ++l) {
     LayerwiseBuilder::Layer layer = builder.next_layer();

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "core/progress.h"
 #include "core/recorder.h"
 #include "tests/test_util.h"
 
@@ -68,6 +69,46 @@ TEST(Cli, RunWritesTheResultsLayout) {
   ASSERT_EQ(json["groups"].size(), 2u);
   EXPECT_EQ(json["groups"][0]["runs"], 2);
   EXPECT_TRUE(json["groups"][0]["metrics"]["rel_output_error"].contains("stderr"));
+}
+
+// Where stderr is not a terminal (a log file), progress comes as plain lines at most every
+// SQLAB_PROGRESS_SECONDS: every run's start at 0, none for a sweep shorter than the default
+// minute; never the terminal's redrawing escape codes.
+TEST(Cli, ProgressInALogIsALineAtTheChosenInterval) {
+  TempDir dir;
+  write_text(dir.file("tiny.yaml"), kTiny);
+  const Result every = testing::run_cli(dir.path(), "run tiny.yaml --out every", "SQLAB_PROGRESS_SECONDS=0");
+  ASSERT_EQ(every.code, 0) << every.err;
+  for (const char* line : {"progress: [0/4] ", "progress: [3/4] "}) EXPECT_NE(every.err.find(line), std::string::npos) << every.err;
+  EXPECT_EQ(every.err.find('\r'), std::string::npos);
+  const Result quiet = sqlab_cli(dir, "run tiny.yaml --out quiet");
+  ASSERT_EQ(quiet.code, 0) << quiet.err;
+  EXPECT_EQ(quiet.err.find("progress:"), std::string::npos) << quiet.err;
+}
+
+TEST(Progress, LogLinesAreRateLimitedAndTerminalLinesRedraw) {
+  ::testing::internal::CaptureStderr();
+  {
+    Progress log(5, ProgressMode::log, 0.0);
+    log.update(2, "run-a");
+    Progress rare(5, ProgressMode::log, 1e9);  // a line only after 10^9 s
+    rare.update(3, "run-b");
+    Progress off(5, ProgressMode::off, 0.0);
+    off.update(4, "run-c");
+  }
+  const std::string logged = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(logged.rfind("progress: [2/5] ", 0), 0u) << logged;
+  EXPECT_NE(logged.find("run-a\n"), std::string::npos) << logged;
+  EXPECT_EQ(logged.find("run-b"), std::string::npos) << logged;
+  EXPECT_EQ(logged.find("run-c"), std::string::npos) << logged;
+  ::testing::internal::CaptureStderr();
+  {
+    Progress terminal(5, ProgressMode::terminal, 1e9);  // the interval is the log's only
+    terminal.update(1, "run-d");
+  }
+  const std::string drawn = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(drawn.rfind("\r\033[K[1/5] ", 0), 0u) << drawn;
+  EXPECT_NE(drawn.find("run-d\r\033[K"), std::string::npos) << drawn;  // erased when done
 }
 
 TEST(Cli, BadInputExitsTwoAndRunsNothing) {

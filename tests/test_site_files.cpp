@@ -397,7 +397,7 @@ TEST(SiteFiles, SameMetricsFromEachFormatForEveryMethod) {
     const Experiment ex = load_experiment(dir.file(block + ".yaml"), {});
     RunnerOptions options;
     options.out_dir = dir.file("out_" + block);
-    options.progress = false;
+    options.progress = ProgressMode::off;
     const RunnerResult r = run_experiment(ex, registries, options);
     EXPECT_EQ(r.exit_code, 0) << block;
     for (const SummaryRow& row : r.rows) {
