@@ -1,35 +1,27 @@
 #include "model/gemm.h"
 
-#include <fstream>
-
 namespace sqlab::gemm {
 
 namespace {
 
 // LibTorch's own 16-bit kernels are worth using where the CPU has 16-bit dot products
 // (measured on the development machine's AMX Xeon: SmolLM2's bfloat16 forward 8.2 s against
-// 12.1 s in float32); the flags come from /proc/cpuinfo (Linux).
-std::string choose_path16() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("flags", 0) != 0) continue;
-    const std::string flags = " " + line.substr(line.find(':') + 1) + " ";
-    const bool dot16 = flags.find(" avx512_bf16 ") != std::string::npos || flags.find(" amx_bf16 ") != std::string::npos;
-    return dot16 ? "native" : "float32";
-  }
-  return "float32";
+// 12.1 s in float32); the flags as the project's other CPU checks read them (rotations/simd.cpp).
+bool cpu_has_dot16() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
 }
 
 bool widens(const at::Tensor& t) {
+  static const bool widen_on_cpu = !cpu_has_dot16();
   const at::ScalarType s = t.scalar_type();
-  return (s == at::kBFloat16 || s == at::kHalf) && t.device().is_cpu() && cpu_path16() == "float32";
+  return widen_on_cpu && (s == at::kBFloat16 || s == at::kHalf) && t.device().is_cpu();
 }
 
 }  // namespace
 
 const std::string& cpu_path16() {
-  static const std::string path = choose_path16();
+  static const std::string path = cpu_has_dot16() ? "native" : "float32";
   return path;
 }
 

@@ -104,9 +104,6 @@ std::pair<at::Tensor, at::Tensor> rotary_tables(int64_t seq_len, const LlamaConf
   return {angle.cos().to(options.dtype()), angle.sin().to(options.dtype())};
 }
 
-// x W^T (+ b when the family has the bias).
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) { return gemm::linear(x, w, b); }
-
 // x: B x H x T x hd.
 at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   int64_t half = x.size(-1) / 2;
@@ -189,9 +186,9 @@ struct Projected {
 // q, k, v of rows x T tokens (h: rows x T x dim, or (rows*T) x dim).
 Projected project(const LlamaConfig& c, const LlamaLayer& layer, const at::Tensor& h, int64_t rows, int64_t T) {
   const int64_t H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim();
-  at::Tensor q = linear(h, layer.wq, layer.bq).view({rows, T, H, hd});
-  at::Tensor k = linear(h, layer.wk, layer.bk).view({rows, T, KV, hd});
-  at::Tensor v = linear(h, layer.wv, layer.bv).view({rows, T, KV, hd});
+  at::Tensor q = gemm::linear(h, layer.wq, layer.bq).view({rows, T, H, hd});
+  at::Tensor k = gemm::linear(h, layer.wk, layer.bk).view({rows, T, KV, hd});
+  at::Tensor v = gemm::linear(h, layer.wv, layer.bv).view({rows, T, KV, hd});
   if (c.qk_norm) {  // Qwen3: each head of q and k normalized on its own, before the rotary
     q = rms_norm(q, layer.q_norm, c.norm_eps);
     k = rms_norm(k, layer.k_norm, c.norm_eps);
@@ -257,7 +254,7 @@ at::Tensor llama_layer(const LlamaConfig& c, const LlamaLayer& layer, int64_t l,
   at::Tensor h = hook(hooks, l, LinearSite::attn_in, rms_norm(x, layer.attn_norm, c.norm_eps));
   at::Tensor attn = shared ? shared_prefix_attention(c, layer, h, *shared) : self_attention(c, layer, h);
   attn = hook(hooks, l, LinearSite::attn_out, attn);
-  x = x + linear(attn, layer.wo, layer.bo);
+  x = x + gemm::linear(attn, layer.wo, layer.bo);
 
   h = hook(hooks, l, LinearSite::mlp_in, rms_norm(x, layer.mlp_norm, c.norm_eps));
   at::Tensor g = at::silu(gemm::linear(h, layer.w_gate)) * gemm::linear(h, layer.w_up);
