@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <map>
 
 #include "core/error.h"
 #include "core/system.h"
@@ -51,29 +52,77 @@ const SharedPrefixes* pointer_to(const std::optional<SharedPrefixes>& shared) { 
 std::optional<SharedPrefixes> shared_prefixes(const TokenBatch& b) {
   if (!b.has_prefixes()) return std::nullopt;
   SharedPrefixes s;
-  s.prefixes = b.prefix_tokens.size(0);
+  s.borrowed = b.borrowed_prefixes;
+  s.prefixes = b.prefix_tokens.size(0) + s.borrowed;
   s.prefix_width = b.prefix_tokens.size(1);
   s.rows = b.tokens.size(0);
   s.width = b.tokens.size(1);
-  if (static_cast<int64_t>(b.prefix_of.size()) != s.rows || static_cast<int64_t>(b.prefix_length.size()) != s.prefixes)
-    throw Error(fmt::format("token batch: {} rows with {} prefix indices, {} prefixes with {} lengths", s.rows,
-                            b.prefix_of.size(), s.prefixes, b.prefix_length.size()));
+  if (s.borrowed < 0 || static_cast<int64_t>(b.prefix_of.size()) != s.rows ||
+      static_cast<int64_t>(b.prefix_length.size()) != s.prefixes ||
+      (!b.prefix_key.empty() && static_cast<int64_t>(b.prefix_key.size()) != s.prefixes) ||
+      (s.borrowed > 0 && b.prefix_key.empty()))
+    throw Error(fmt::format("token batch: {} rows with {} prefix indices; {} prefixes ({} borrowed) with {} lengths and "
+                            "{} keys",
+                            s.rows, b.prefix_of.size(), s.prefixes, s.borrowed, b.prefix_length.size(),
+                            b.prefix_key.size()));
   for (int64_t p : b.prefix_of)
     if (p < 0 || p >= s.prefixes) throw Error(fmt::format("token batch: prefix {} of {}", p, s.prefixes));
-  for (int64_t n : b.prefix_length)
-    if (n < 0 || n > s.prefix_width) throw Error(fmt::format("token batch: prefix length {} of {}", n, s.prefix_width));
+  for (int64_t p = 0; p < s.prefixes; ++p) {
+    const int64_t n = b.prefix_length[static_cast<size_t>(p)];
+    const int64_t key = b.prefix_key.empty() ? -1 : b.prefix_key[static_cast<size_t>(p)];
+    if (n < 0 || (p < s.owned() && n > s.prefix_width) || (p >= s.owned() && key < 0))
+      throw Error(fmt::format("token batch: prefix {} of length {} (owned width {}; {} {})", p, n, s.prefix_width,
+                              p < s.owned() ? "owned, key" : "borrowed, key", key));
+  }
+  s.keys = b.prefix_key;
   s.prefix_of = at::tensor(b.prefix_of, at::kLong);
   s.prefix_length = at::tensor(b.prefix_length, at::kLong);
   return s;
 }
 
+std::vector<std::vector<int64_t>> last_borrowers(const std::vector<TokenBatch>& batches) {
+  std::map<int64_t, size_t> kept_by, last;
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const TokenBatch& b = batches[i];
+    const int64_t all = static_cast<int64_t>(b.prefix_key.size()), owned = all - b.borrowed_prefixes;
+    for (int64_t p = 0; p < all; ++p) {
+      const int64_t key = b.prefix_key[static_cast<size_t>(p)];
+      if (key < 0) continue;
+      if (p < owned) {
+        if (!kept_by.emplace(key, i).second)
+          throw Error(fmt::format("token batches {} and {} both keep prefix {}", kept_by[key], i, key));
+      } else {
+        if (!kept_by.count(key))
+          throw Error(fmt::format("token batch {}: borrows prefix {}, which no earlier batch keeps", i, key));
+        last[key] = i;
+      }
+    }
+  }
+  std::vector<std::vector<int64_t>> out(batches.size());
+  for (const auto& [key, i] : last) out[i].push_back(key);
+  return out;
+}
+
+void append_batches(std::vector<TokenBatch>& to, const std::vector<TokenBatch>& from) {
+  int64_t next = 0;
+  for (const TokenBatch& b : to)
+    for (int64_t key : b.prefix_key) next = std::max(next, key + 1);
+  for (TokenBatch b : from) {
+    for (int64_t& key : b.prefix_key)
+      if (key >= 0) key += next;
+    to.push_back(std::move(b));
+  }
+}
+
 at::Tensor embed_batch(const LlamaConfig& config, const at::Tensor& embedding, const TokenBatch& b,
                        const std::string& origin) {
   if (!b.has_prefixes()) return llama_embed(config, embedding, b.tokens, origin);
-  check_positions(config, b.prefix_tokens.size(1) + b.tokens.size(1), origin);
-  return at::cat({llama_embed(config, embedding, b.prefix_tokens, origin).reshape({-1, config.dim}),
-                  llama_embed(config, embedding, b.tokens, origin).reshape({-1, config.dim})},
-                 0);
+  int64_t longest = b.prefix_tokens.size(1);
+  for (int64_t n : b.prefix_length) longest = std::max(longest, n);
+  check_positions(config, longest + b.tokens.size(1), origin);
+  const at::Tensor rows = llama_embed(config, embedding, b.tokens, origin).reshape({-1, config.dim});
+  if (b.prefix_tokens.numel() == 0) return rows;  // every prefix borrowed
+  return at::cat({llama_embed(config, embedding, b.prefix_tokens, origin).reshape({-1, config.dim}), rows}, 0);
 }
 
 void HiddenStream::spill_beyond(int64_t bytes, const std::string& dir) {
@@ -137,6 +186,7 @@ void HiddenStream::embed(const LlamaConfig& config, const at::Tensor& embedding,
   in_memory_ = spilled_bytes_ = 0;
   scratch_fd_.reset();
   shared_.clear();
+  drop_after_ = last_borrowers(batches_);
   for (size_t i = 0; i < batches_.size(); ++i) {
     shared_.push_back(shared_prefixes(batches_[i]));
     store(i, embed_batch(config, embedding, batches_[i], origin).to(dtype_));
@@ -150,7 +200,9 @@ void HiddenStream::advance(const LlamaConfig& config, const LlamaLayer& layer_in
   for (size_t i = 0; i < batches_.size(); ++i) {
     throw_if_interrupted();
     const at::Device device = layer.wq.device();
+    if (shared_.at(i)) shared_[i]->kept = &kept_;
     store(i, llama_layer(config, layer, index, hidden(i).to(device), hooks, pointer_to(shared_.at(i))));
+    for (int64_t key : drop_after_.at(i)) kept_.drop(key);
   }
 }
 
@@ -191,12 +243,18 @@ std::vector<ScoredTokens> score_batches(const LlamaWeights& weights, const std::
   at::NoGradGuard no_grad;
   std::vector<ScoredTokens> out;
   const LlamaConfig& c = weights.config;
-  for (const TokenBatch& b : batches) {
+  // Prefixes that later batches borrow are kept at every layer until their last borrower.
+  const std::vector<std::vector<int64_t>> drop_after = last_borrowers(batches);
+  PrefixKeyValues kept;
+  for (size_t i = 0; i < batches.size(); ++i) {
     throw_if_interrupted();
-    const std::optional<SharedPrefixes> shared = shared_prefixes(b);
+    const TokenBatch& b = batches[i];
+    std::optional<SharedPrefixes> shared = shared_prefixes(b);
+    if (shared) shared->kept = &kept;
     at::Tensor x = embed_batch(c, weights.embedding, b, weights.origin);
     for (int64_t l = 0; l < c.n_layers; ++l)
       x = llama_layer(c, weights.layers.at(l), l, x, hooks, pointer_to(shared));
+    for (int64_t key : drop_after[i]) kept.drop(key);
     out.push_back(score_positions(llama_head_input(c, weights.final_norm, x, hooks), b, weights.output));
   }
   return out;

@@ -26,19 +26,30 @@ struct TokenBatch {
   at::Tensor tokens;             // B x T int64 (rows padded on the right where lengths differ)
   std::vector<int64_t> select;   // flat positions b * T + t whose next token is scored (+ P * Tp with prefixes)
   std::vector<int64_t> targets;  // the token expected after each selected position
-  // Optional shared prefixes (llama.h SharedPrefixes): row b continues prefix row
-  // prefix_of[b]; the hidden states are the prefixes' tokens, then the rows', flattened.
-  at::Tensor prefix_tokens;            // P x Tp int64, right-padded; undefined: rows of their own
+  // Optional shared prefixes (llama.h SharedPrefixes): row b continues prefix
+  // prefix_of[b]; the hidden states are the owned prefixes' tokens, then the rows',
+  // flattened. The last `borrowed_prefixes` prefixes were computed by an earlier batch of
+  // the same stream, which kept their keys and values under prefix_key (a subject's few-shot
+  // examples, read once per layer for all its questions).
+  at::Tensor prefix_tokens;            // (P - borrowed) x Tp int64, right-padded; undefined: rows of their own
   std::vector<int64_t> prefix_of;      // per row
-  std::vector<int64_t> prefix_length;  // per prefix row
+  std::vector<int64_t> prefix_length;  // per prefix (owned, then borrowed)
+  std::vector<int64_t> prefix_key;     // per prefix, or empty: kept for later batches under this key, -1: not kept
+  int64_t borrowed_prefixes = 0;
 
   bool has_prefixes() const { return prefix_tokens.defined(); }
   int64_t token_count() const { return tokens.numel() + (has_prefixes() ? prefix_tokens.numel() : 0); }
 };
 
-// The SharedPrefixes of a batch with prefixes (checked: every row has one, lengths fit);
-// none for a batch of rows of their own.
+// The SharedPrefixes of a batch with prefixes (checked: every row has one, lengths fit,
+// borrowed prefixes have keys); none for a batch of rows of their own.
 std::optional<SharedPrefixes> shared_prefixes(const TokenBatch& batch);
+
+// Prefix keys that batches borrow, each with the last batch that borrows it (after which
+// its keys and values are dropped); checked: an earlier batch keeps every borrowed key.
+std::vector<std::vector<int64_t>> last_borrowers(const std::vector<TokenBatch>& batches);
+// `from` after `to` in one stream, its prefix keys renumbered to stay apart from to's.
+void append_batches(std::vector<TokenBatch>& to, const std::vector<TokenBatch>& from);
 
 // A batch's embedded tokens: B x T x dim, or (P*Tp + B*T) x dim with shared prefixes.
 at::Tensor embed_batch(const LlamaConfig& config, const at::Tensor& embedding, const TokenBatch& batch,
@@ -98,6 +109,8 @@ class HiddenStream {
   std::string scratch_dir_;
   std::shared_ptr<int> scratch_fd_;      // closed with the last copy of the stream
   std::vector<std::optional<SharedPrefixes>> shared_;  // per batch, built once by embed()
+  std::vector<std::vector<int64_t>> drop_after_;       // per batch: prefix keys it borrows last
+  PrefixKeyValues kept_;                               // this layer's kept prefix keys and values
   int64_t in_memory_ = 0, spilled_bytes_ = 0;
 };
 

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace sqlab {
@@ -119,6 +120,22 @@ at::Tensor hook(ForwardHooks* hooks, int64_t layer, LinearSite site, const at::T
 
 }  // namespace
 
+void PrefixKeyValues::keep(int64_t key, int64_t layer, at::Tensor k, at::Tensor v) {
+  kept_[{key, layer}] = {std::move(k), std::move(v)};
+}
+
+const std::pair<at::Tensor, at::Tensor>& PrefixKeyValues::find(int64_t key, int64_t layer) const {
+  const auto it = kept_.find({key, layer});
+  if (it == kept_.end())
+    throw Error(fmt::format("shared prefixes: prefix {} at layer {} was not computed by an earlier pass", key, layer));
+  return it->second;
+}
+
+void PrefixKeyValues::drop(int64_t key) {
+  kept_.erase(kept_.lower_bound({key, std::numeric_limits<int64_t>::min()}),
+              kept_.upper_bound({key, std::numeric_limits<int64_t>::max()}));
+}
+
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& masked,
                             double scale, int64_t max_score_bytes) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), S = k.size(2);
@@ -214,36 +231,67 @@ at::Tensor self_attention(const LlamaConfig& c, const LlamaLayer& layer, const a
   return attn.transpose(1, 2).reshape({B, T, c.q_dim()});
 }
 
-// Rows after shared prefixes (SharedPrefixes): (P*Tp + B*T) x dim -> (P*Tp + B*T) x (n_heads*hd).
-at::Tensor shared_prefix_attention(const LlamaConfig& c, const LlamaLayer& layer, const at::Tensor& h,
+// Zero-padded along the positions (dim 2) to `width`.
+at::Tensor pad_positions(const at::Tensor& t, int64_t width) {
+  return t.size(2) == width ? t : at::constant_pad_nd(t, {0, 0, 0, width - t.size(2)});
+}
+
+// Rows after shared prefixes (SharedPrefixes): ((P - borrowed)*Tp + B*T) x dim -> the same
+// rows x (n_heads*hd).
+at::Tensor shared_prefix_attention(const LlamaConfig& c, const LlamaLayer& layer, int64_t l, const at::Tensor& h,
                                    const SharedPrefixes& s) {
-  const int64_t P = s.prefixes, Tp = s.prefix_width, B = s.rows, T = s.width;
-  auto [cos, sin] = rotary_tables(Tp + T, c, h.options());
-  const at::TensorOptions flags = h.options().dtype(at::kBool);
-  // The prefixes: rows of their own.
-  Projected pre = project(c, layer, h.narrow(0, 0, P * Tp), P, Tp);
-  const at::Tensor k_pre = apply_rotary(pre.k, cos.narrow(0, 0, Tp), sin.narrow(0, 0, Tp));
-  const at::Tensor attn_pre =
-      causal_attention(apply_rotary(pre.q, cos.narrow(0, 0, Tp), sin.narrow(0, 0, Tp)), for_every_head(c, k_pre),
-                       for_every_head(c, pre.v), at::ones({Tp, Tp}, flags).triu(1), attention_scale(c));
+  const int64_t own = s.owned(), Tp = s.prefix_width, B = s.rows, T = s.width;
+  if ((s.borrowed > 0 || !s.keys.empty()) && !s.kept)
+    throw Error("shared prefixes: keys without a store of prefix keys and values");
+  // Every prefix's rotated keys and values (KV heads), padded to the longest: S positions.
+  std::vector<at::Tensor> keys, values;
+  at::Tensor attn_pre;
+  if (own > 0) {
+    auto [cos, sin] = rotary_tables(Tp, c, h.options());
+    Projected pre = project(c, layer, h.narrow(0, 0, own * Tp), own, Tp);
+    const at::Tensor k_pre = apply_rotary(pre.k, cos, sin);
+    attn_pre = causal_attention(apply_rotary(pre.q, cos, sin), for_every_head(c, k_pre), for_every_head(c, pre.v),
+                                at::ones({Tp, Tp}, h.options().dtype(at::kBool)).triu(1), attention_scale(c));
+    for (int64_t p = 0; p < own && !s.keys.empty(); ++p) {
+      if (s.keys[p] < 0) continue;
+      const int64_t n = s.prefix_length[p].item<int64_t>();
+      s.kept->keep(s.keys[p], l, k_pre[p].narrow(1, 0, n).clone(), pre.v[p].narrow(1, 0, n).clone());
+    }
+    keys.push_back(k_pre);
+    values.push_back(pre.v);
+  }
+  int64_t S = own > 0 ? Tp : 0;
+  for (int64_t p = own; p < s.prefixes; ++p) {
+    const auto& [k, v] = s.kept->find(s.keys.at(p), l);
+    keys.push_back(k.unsqueeze(0));
+    values.push_back(v.unsqueeze(0));
+    S = std::max(S, k.size(1));
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    keys[i] = pad_positions(keys[i], S);
+    values[i] = pad_positions(values[i], S);
+  }
+  const at::Tensor k_pre = at::cat(keys, 0), v_pre = at::cat(values, 0);
   // The rows: positions from their prefix's length on; keys = the prefix's, then their own.
+  auto [cos, sin] = rotary_tables(S + T, c, h.options());
   const at::Tensor prefix_of = s.prefix_of.to(h.device());
   const at::Tensor start = s.prefix_length.to(h.device()).index_select(0, prefix_of);  // B
   const at::Tensor positions = (start.unsqueeze(1) + at::arange(T, start.options())).reshape({-1});
   const at::Tensor cos_rows = cos.index_select(0, positions).view({B, 1, T, -1});
   const at::Tensor sin_rows = sin.index_select(0, positions).view({B, 1, T, -1});
-  Projected row = project(c, layer, h.narrow(0, P * Tp, B * T), B, T);
+  Projected row = project(c, layer, h.narrow(0, own * Tp, B * T), B, T);
   const at::Tensor k = at::cat({k_pre.index_select(0, prefix_of), apply_rotary(row.k, cos_rows, sin_rows)}, 2);
-  const at::Tensor v = at::cat({pre.v.index_select(0, prefix_of), row.v}, 2);
+  const at::Tensor v = at::cat({v_pre.index_select(0, prefix_of), row.v}, 2);
   // Masked: a prefix key at or beyond the prefix's length (padding), an own key after the query.
-  const at::Tensor past_prefix = at::arange(Tp, start.options()).view({1, 1, Tp}) >= start.view({B, 1, 1});
-  const at::Tensor future = at::ones({T, T}, flags).triu(1);
-  const at::Tensor masked = at::cat({past_prefix.expand({B, T, Tp}), future.expand({B, T, T})}, 2).unsqueeze(1);
+  const at::Tensor past_prefix = at::arange(S, start.options()).view({1, 1, S}) >= start.view({B, 1, 1});
+  const at::Tensor future = at::ones({T, T}, h.options().dtype(at::kBool)).triu(1);
+  const at::Tensor masked = at::cat({past_prefix.expand({B, T, S}), future.expand({B, T, T})}, 2).unsqueeze(1);
   const at::Tensor attn_rows = causal_attention(apply_rotary(row.q, cos_rows, sin_rows), for_every_head(c, k),
-                                                for_every_head(c, v), masked, attention_scale(c));
-  return at::cat({attn_pre.transpose(1, 2).reshape({P * Tp, c.q_dim()}),
-                  attn_rows.transpose(1, 2).reshape({B * T, c.q_dim()})},
-                 0);
+                                                for_every_head(c, v), masked, attention_scale(c))
+                                   .transpose(1, 2)
+                                   .reshape({B * T, c.q_dim()});
+  if (own == 0) return attn_rows;
+  return at::cat({attn_pre.transpose(1, 2).reshape({own * Tp, c.q_dim()}), attn_rows}, 0);
 }
 
 }  // namespace
@@ -252,7 +300,7 @@ at::Tensor llama_layer(const LlamaConfig& c, const LlamaLayer& layer, int64_t l,
                        ForwardHooks* hooks, const SharedPrefixes* shared) {
   at::Tensor x = x_in;
   at::Tensor h = hook(hooks, l, LinearSite::attn_in, rms_norm(x, layer.attn_norm, c.norm_eps));
-  at::Tensor attn = shared ? shared_prefix_attention(c, layer, h, *shared) : self_attention(c, layer, h);
+  at::Tensor attn = shared ? shared_prefix_attention(c, layer, l, h, *shared) : self_attention(c, layer, h);
   attn = hook(hooks, l, LinearSite::attn_out, attn);
   x = x + gemm::linear(attn, layer.wo, layer.bo);
 

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -137,17 +138,39 @@ constexpr int64_t kAttentionScoreBytes = 128ll << 20;
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& masked,
                             double scale, int64_t max_score_bytes = kAttentionScoreBytes);
 
+// Keys and values of prefixes that later passes read again (a subject's few-shot examples:
+// computed by the subject's first pass, read by the passes of its other questions), per
+// (prefix key, layer): the rotated keys and the values at the model's KV heads, KV x n x hd.
+class PrefixKeyValues {
+ public:
+  void keep(int64_t key, int64_t layer, at::Tensor k, at::Tensor v);
+  // Throws when no earlier pass kept `key` at `layer`.
+  const std::pair<at::Tensor, at::Tensor>& find(int64_t key, int64_t layer) const;
+  void drop(int64_t key);  // every layer's
+  size_t size() const { return kept_.size(); }
+
+ private:
+  std::map<std::pair<int64_t, int64_t>, std::pair<at::Tensor, at::Tensor>> kept_;
+};
+
 // Rows that go on from shared prefixes: zero-shot scoring (model/loglikelihood.h) reads a
 // question's context once and its choices after it, and a subject's few-shot examples once
-// for all its questions. The hidden states are the P prefix rows' P x Tp tokens, then the
-// B rows' B x T, flattened to (P*Tp + B*T) x dim (both right-padded). Row b continues prefix
-// prefix_of[b] from position prefix_length[prefix_of[b]] on: it attends to that prefix's
-// first prefix_length keys and, causally, to its own tokens, so every position sees what it
-// would see in the one row (prefix + row): the same forward, computed once for the prefix.
+// for all its questions. The hidden states are the owned prefix rows' (P - borrowed) x Tp
+// tokens, then the B rows' B x T, flattened to ((P - borrowed)*Tp + B*T) x dim (both
+// right-padded). Row b continues prefix prefix_of[b] from position
+// prefix_length[prefix_of[b]] on: it attends to that prefix's first prefix_length keys and,
+// causally, to its own tokens, so every position sees what it would see in the one row
+// (prefix + row): the same forward, computed once for the prefix. The last `borrowed`
+// prefixes are not in the hidden states: an earlier pass computed them and kept their keys
+// and values in `kept` under keys[p]; an owned prefix with keys[p] >= 0 keeps its own there.
 struct SharedPrefixes {
-  int64_t prefixes = 0, prefix_width = 0, rows = 0, width = 0;  // P, Tp, B, T
+  int64_t prefixes = 0, prefix_width = 0, rows = 0, width = 0;  // P (owned and borrowed), Tp, B, T
   at::Tensor prefix_of;      // B int64: row -> prefix
-  at::Tensor prefix_length;  // P int64: the real tokens of each prefix row (0 ... Tp)
+  at::Tensor prefix_length;  // P int64: the real tokens of each prefix (0 ... Tp for the owned)
+  int64_t borrowed = 0;
+  std::vector<int64_t> keys;         // P: the key a prefix is kept under, -1: none (empty: none at all)
+  PrefixKeyValues* kept = nullptr;   // the caller's store, for the call (needed with keys)
+  int64_t owned() const { return prefixes - borrowed; }
 };
 
 // Throws naming `origin` where `positions` tokens in a row exceed what the model's attention

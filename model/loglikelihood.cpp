@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <numeric>
 
 #include "core/error.h"
@@ -89,13 +90,14 @@ std::vector<Group> group_rows(const std::vector<Row>& rows) {
 }
 
 // A group's rows, longest remainder first (equal inputs stay neighbours), cut into pieces of
-// at most `batch` distinct rows: each piece carries its own copy of the prefix.
+// at most `batch` distinct rows.
 struct Piece {
   std::vector<size_t> rows;
   int64_t shared = 0, width = 0, distinct = 0;  // width: the longest remainder
+  size_t group = 0;
 };
 
-std::vector<Piece> pieces_of(const std::vector<Row>& rows, Group group, int64_t batch) {
+std::vector<Piece> pieces_of(const std::vector<Row>& rows, Group group, size_t index, int64_t batch) {
   std::stable_sort(group.rows.begin(), group.rows.end(), [&](size_t a, size_t b) {
     if (rows[a].input.size() != rows[b].input.size()) return rows[a].input.size() > rows[b].input.size();
     return rows[a].input < rows[b].input;
@@ -105,7 +107,7 @@ std::vector<Piece> pieces_of(const std::vector<Row>& rows, Group group, int64_t 
     const Row& row = rows[group.rows[k]];
     const bool same = k > 0 && row.input == rows[group.rows[k - 1]].input;
     if (!same && (out.empty() || out.back().distinct == batch)) {
-      out.push_back({{}, group.shared, static_cast<int64_t>(row.input.size()) - group.shared, 0});
+      out.push_back({{}, group.shared, static_cast<int64_t>(row.input.size()) - group.shared, 0, index});
     }
     out.back().rows.push_back(group.rows[k]);
     out.back().distinct += same ? 0 : 1;
@@ -113,38 +115,89 @@ std::vector<Piece> pieces_of(const std::vector<Row>& rows, Group group, int64_t 
   return out;
 }
 
+// Which pass computes each group's prefix: with reuse, a group whose pieces fall in several
+// passes has its prefix computed by the first of them (kept under the group's index as its
+// key) and borrowed by the others; otherwise every pass has its own copy.
+struct PrefixPlan {
+  std::map<size_t, size_t> first_pass;  // kept groups only
+};
+
+PrefixPlan plan_prefixes(const std::vector<std::vector<Piece>>& passes, bool reuse) {
+  std::map<size_t, size_t> first, count;
+  for (size_t i = 0; i < passes.size(); ++i)
+    for (const Piece& piece : passes[i])
+      if (piece.shared > 0 && (!first.count(piece.group) || first[piece.group] != i)) {
+        if (!first.count(piece.group)) first[piece.group] = i;
+        ++count[piece.group];
+      }
+  PrefixPlan plan;
+  if (reuse)
+    for (const auto& [group, pass] : first)
+      if (count[group] > 1) plan.first_pass[group] = pass;
+  return plan;
+}
+
 // One forward pass's worth of pieces as a TokenBatch with shared prefixes (or plain rows
-// where no piece shares anything), and who owns its selected positions.
-void add_batch(const std::vector<Row>& rows, const std::vector<Piece>& pieces, LoglikelihoodBatches& out) {
-  int64_t prefix_width = 0, width = 0, distinct = 0;
+// where no piece shares anything), and who owns its selected positions. Its prefixes: the
+// ones it computes (one per group; a piece without one has an empty prefix), then the ones
+// an earlier pass kept.
+void add_batch(const std::vector<Row>& rows, const std::vector<Piece>& pieces, size_t pass, const PrefixPlan& plan,
+               LoglikelihoodBatches& out) {
+  int64_t width = 0, distinct = 0, longest = 0;
   for (const Piece& p : pieces) {
-    prefix_width = std::max(prefix_width, p.shared);
     width = std::max(width, p.width);
     distinct += p.distinct;
+    longest = std::max(longest, p.shared);
   }
-  const bool prefixed = prefix_width > 0;
+  const bool prefixed = longest > 0;
+  const auto borrowed = [&](const Piece& p) {
+    const auto it = plan.first_pass.find(p.group);
+    return it != plan.first_pass.end() && it->second < pass;
+  };
+  // Prefix slots: owned first, then borrowed; one per group.
+  std::map<size_t, int64_t> slot_of;
+  std::vector<const Piece*> owned, lent;
+  for (const Piece& p : pieces) {
+    if (slot_of.count(p.group)) continue;
+    (borrowed(p) ? lent : owned).push_back(&p);
+    slot_of[p.group] = -1;
+  }
+  int64_t prefix_width = 0;
+  for (const Piece* p : owned) prefix_width = std::max(prefix_width, p->shared);
+  for (size_t k = 0; k < owned.size(); ++k) slot_of[owned[k]->group] = static_cast<int64_t>(k);
+  for (size_t k = 0; k < lent.size(); ++k) slot_of[lent[k]->group] = static_cast<int64_t>(owned.size() + k);
+
   TokenBatch batch;
   batch.tokens = at::zeros({distinct, width}, at::kLong);
-  if (prefixed) batch.prefix_tokens = at::zeros({static_cast<int64_t>(pieces.size()), prefix_width}, at::kLong);
-  const int64_t offset = prefixed ? static_cast<int64_t>(pieces.size()) * prefix_width : 0;
-  std::vector<std::pair<size_t, size_t>> owners;  // (request, continuation tokens) in selection order
-  int64_t b = -1;
-  for (size_t p = 0; p < pieces.size(); ++p) {
-    const Piece& piece = pieces[p];
-    const std::vector<int64_t>& first = rows[piece.rows.front()].input;
-    if (prefixed) {
+  if (prefixed) {
+    batch.prefix_tokens = at::zeros({static_cast<int64_t>(owned.size()), prefix_width}, at::kLong);
+    batch.borrowed_prefixes = static_cast<int64_t>(lent.size());
+    const bool keyed = !plan.first_pass.empty();
+    for (size_t k = 0; k < owned.size(); ++k) {
+      const Piece& piece = *owned[k];
+      const std::vector<int64_t>& first = rows[piece.rows.front()].input;
       if (piece.shared > 0)
-        batch.prefix_tokens[static_cast<int64_t>(p)].narrow(0, 0, piece.shared)
+        batch.prefix_tokens[static_cast<int64_t>(k)].narrow(0, 0, piece.shared)
             .copy_(at::tensor(std::vector<int64_t>(first.begin(), first.begin() + piece.shared), at::kLong));
       batch.prefix_length.push_back(piece.shared);
+      if (keyed) batch.prefix_key.push_back(plan.first_pass.count(piece.group) ? static_cast<int64_t>(piece.group) : -1);
     }
+    for (const Piece* piece : lent) {
+      batch.prefix_length.push_back(piece->shared);
+      batch.prefix_key.push_back(static_cast<int64_t>(piece->group));
+    }
+  }
+  const int64_t offset = prefixed ? static_cast<int64_t>(owned.size()) * prefix_width : 0;
+  std::vector<std::pair<size_t, size_t>> owners;  // (request, continuation tokens) in selection order
+  int64_t b = -1;
+  for (const Piece& piece : pieces) {
     for (size_t k = 0; k < piece.rows.size(); ++k) {
       const Row& row = rows[piece.rows[k]];
       const int64_t n = static_cast<int64_t>(row.input.size()) - piece.shared;  // the row's own tokens
       if (k == 0 || row.input != rows[piece.rows[k - 1]].input) {
         batch.tokens[++b].narrow(0, 0, n).copy_(
             at::tensor(std::vector<int64_t>(row.input.begin() + piece.shared, row.input.end()), at::kLong));
-        if (prefixed) batch.prefix_of.push_back(static_cast<int64_t>(p));
+        if (prefixed) batch.prefix_of.push_back(slot_of.at(piece.group));
       }
       const int64_t c = static_cast<int64_t>(row.continuation.size());
       for (int64_t j = 0; j < c; ++j) {
@@ -182,12 +235,14 @@ LoglikelihoodBatches loglikelihood_batches(const Tokenizer& tokenizer, const std
   // attention, position by position, as each row alone); pieces of about one width go
   // together, widest first (lm-eval's order too), so that a pass pads little.
   std::vector<Piece> pieces;
-  for (const Group& g : group_rows(rows))
-    for (Piece& p : pieces_of(rows, g, options.batch)) pieces.push_back(std::move(p));
+  const std::vector<Group> groups = group_rows(rows);
+  for (size_t g = 0; g < groups.size(); ++g)
+    for (Piece& p : pieces_of(rows, groups[g], g, options.batch)) pieces.push_back(std::move(p));
   std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) {
     return a.width != b.width ? a.width > b.width : a.shared > b.shared;
   });
 
+  std::vector<std::vector<Piece>> passes;
   for (size_t start = 0; start < pieces.size();) {
     int64_t distinct = 0, prefix_width = 0;
     const int64_t width = pieces[start].width;
@@ -199,10 +254,11 @@ LoglikelihoodBatches loglikelihood_batches(const Tokenizer& tokenizer, const std
       distinct = d;
       prefix_width = pw;
     }
-    add_batch(rows, std::vector<Piece>(pieces.begin() + static_cast<int64_t>(start), pieces.begin() + static_cast<int64_t>(end)),
-              out);
+    passes.emplace_back(pieces.begin() + static_cast<int64_t>(start), pieces.begin() + static_cast<int64_t>(end));
     start = end;
   }
+  const PrefixPlan plan = plan_prefixes(passes, options.reuse_prefixes);
+  for (size_t i = 0; i < passes.size(); ++i) add_batch(rows, passes[i], i, plan, out);
   return out;
 }
 

@@ -26,6 +26,10 @@ struct LoglikelihoodOptions {
   int64_t batch = 8;          // rows per forward pass (besides their prefixes; by length, padded on the right)
   int64_t batch_tokens = 16384;  // and at most this many padded tokens per pass (prefixes included)
   bool bos = false;           // tokenize with the BOS token first (what the tokenizer adds by default)
+  // A prefix that rows of several passes share (a subject's few-shot examples) is computed
+  // by the first of them, whose keys and values the others read (TokenBatch prefix_key);
+  // false: each pass reads its own copy.
+  bool reuse_prefixes = true;
 };
 
 // Token ids of one request: the context's and the continuation's (lm-eval's _encode_pair).

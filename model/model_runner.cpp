@@ -526,12 +526,12 @@ RunRecord ModelBackend::execute(const PreparedRun& p) const {
   std::vector<TokenBatch> task_batches, task_batches_fp;
   std::vector<const TaskRows*> fp_pending;
   for (const TaskRows& t : task_list) {
-    task_batches.insert(task_batches.end(), t.rows->batches.begin(), t.rows->batches.end());
+    append_batches(task_batches, t.rows->batches);
     if (!fp_tasks_.count(t.fp_key))
       if (auto cached = read_task_cache(p.results_dir, t.fp_key)) fp_tasks_[t.fp_key] = std::move(*cached);
     if (fp_tasks_.count(t.fp_key)) continue;
     fp_pending.push_back(&t);
-    task_batches_fp.insert(task_batches_fp.end(), t.rows->batches.begin(), t.rows->batches.end());
+    append_batches(task_batches_fp, t.rows->batches);
   }
   const double load_seconds = now_seconds() - start;
 

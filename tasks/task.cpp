@@ -72,11 +72,37 @@ std::string sha256_hex(const std::string& bytes) {
   return hex;
 }
 
+namespace {
+
+// `include: OTHER.yaml` (lm-eval's include; beside the spec): the other spec's keys, with
+// this file's over them (a key here replaces the included one whole). One level: the
+// included spec includes nothing. The checksum covers both files' bytes.
+YAML::Node with_included(const std::string& path, YAML::Node node, std::string& bytes) {
+  if (!node.IsMap() || !node["include"]) return node;
+  ConfigReader top(node, path, "");
+  const std::string other = (fs::path(path).parent_path() / top.require<std::string>("include")).string();
+  const YAML::Node base = load_yaml_file(other);
+  if (!base.IsMap()) throw config_error(fmt::format("{}: include: '{}' is not a task spec (a mapping)", path, other));
+  if (base["include"])
+    throw config_error(fmt::format("{}: include: '{}' includes a spec itself (one level only)", path, other));
+  YAML::Node merged = YAML::Clone(base);
+  for (const auto& kv : node) {
+    const std::string key = kv.first.as<std::string>();
+    if (key != "include") merged[key] = kv.second;
+  }
+  bytes += file_bytes(other);
+  return merged;
+}
+
+}  // namespace
+
 TaskSpec load_task_spec(const std::string& path) {
   TaskSpec s;
   s.file = path;
-  s.sha256 = sha256_hex(file_bytes(path));
-  ConfigReader r(load_yaml_file(path), path, "");
+  std::string bytes = file_bytes(path);
+  const YAML::Node node = with_included(path, load_yaml_file(path), bytes);
+  s.sha256 = sha256_hex(bytes);
+  ConfigReader r(node, path, "");
   s.name = r.require<std::string>("task");
   s.reproduces = r.require<std::string>("reproduces");
   ConfigReader docs = r.child("documents");

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "core/error.h"
@@ -12,6 +13,7 @@
 #include "model/checkpoint.h"
 #include "model/fold.h"
 #include "model/gemm.h"
+#include "model/layerwise.h"
 #include "model/llama.h"
 #include "model/perplexity.h"
 
@@ -215,6 +217,90 @@ TEST(LlamaForward, SharedPrefixRowsEqualTheirWholeRows) {
       EXPECT_LT(rel_error(x.narrow(0, prefix_of[b] * Tp, np), alone[0].narrow(0, 0, np)), 1e-5) << "prefix of " << b;
     }
   }
+}
+
+// A prefix computed by one pass and kept (PrefixKeyValues) serves the rows of a later pass
+// (a subject's few-shot examples read once for all its questions): every row's hidden
+// states equal its whole row's, whether its prefix is computed in its pass or borrowed,
+// however long the borrowed prefix is against the owned ones; once dropped, a borrowed
+// prefix is an error naming it.
+TEST(LlamaForward, BorrowedPrefixesServeLaterPasses) {
+  const LlamaConfig c = tiny_config(4, 2, false);
+  const LlamaWeights w = random_llama(c, 22);
+  struct PerToken : ForwardHooks {
+    at::Tensor input(int64_t, LinearSite, const at::Tensor& x) override {
+      return x / x.abs().amax(-1, true).clamp_min(1e-3);
+    }
+  } hooks;
+  const std::vector<int64_t> kept = {3, 9, 4, 1, 7, 2}, own = {8, 2};
+  const auto rows_tensor = [](const std::vector<std::vector<int64_t>>& rows, int64_t width) {
+    at::Tensor t = at::zeros({static_cast<int64_t>(rows.size()), width}, at::kLong);
+    for (size_t b = 0; b < rows.size(); ++b)
+      for (size_t j = 0; j < rows[b].size(); ++j) t[static_cast<int64_t>(b)][static_cast<int64_t>(j)] = rows[b][j];
+    return t;
+  };
+  // Pass 1 owns `kept` (key 7) and reads one row after it; pass 2 owns `own`, borrows key 7.
+  TokenBatch first;
+  first.prefix_tokens = rows_tensor({kept}, 6);
+  first.tokens = rows_tensor({{5, 6}}, 2);
+  first.prefix_of = {0};
+  first.prefix_length = {6};
+  first.prefix_key = {7};
+  TokenBatch second;
+  const std::vector<std::vector<int64_t>> rows = {{5, 5, 1}, {11, 3, 4, 6}, {7}};
+  second.prefix_tokens = rows_tensor({own}, 2);
+  second.tokens = rows_tensor(rows, 4);
+  second.prefix_of = {1, 0, 1};
+  second.prefix_length = {2, 6};
+  second.prefix_key = {-1, 7};
+  second.borrowed_prefixes = 1;
+  const std::vector<TokenBatch> batches = {first, second};
+  const std::vector<std::vector<int64_t>> last = last_borrowers(batches);
+  EXPECT_TRUE(last[0].empty());
+  EXPECT_EQ(last[1], std::vector<int64_t>{7});
+
+  PrefixKeyValues store;
+  std::vector<at::Tensor> out;
+  for (const TokenBatch& b : batches) {
+    std::optional<SharedPrefixes> shared = shared_prefixes(b);
+    ASSERT_TRUE(shared.has_value());
+    shared->kept = &store;
+    at::Tensor x = embed_batch(c, w.embedding, b, "test");
+    for (int64_t l = 0; l < c.n_layers; ++l) x = llama_layer(c, w.layers[l], l, x, &hooks, &*shared);
+    out.push_back(x);
+  }
+  EXPECT_EQ(store.size(), static_cast<size_t>(c.n_layers)) << "key 7 kept at every layer";
+  const auto whole_row = [&](std::vector<int64_t> prefix, const std::vector<int64_t>& row) {
+    prefix.insert(prefix.end(), row.begin(), row.end());
+    at::Tensor x = llama_embed(c, w.embedding, at::tensor(prefix, at::kLong).view({1, -1}), "test");
+    for (int64_t l = 0; l < c.n_layers; ++l) x = llama_layer(c, w.layers[l], l, x, &hooks);
+    return x[0].narrow(0, static_cast<int64_t>(prefix.size() - row.size()), static_cast<int64_t>(row.size()));
+  };
+  EXPECT_LT(rel_error(out[0].narrow(0, 6, 2), whole_row(kept, {5, 6})), 1e-5);
+  for (size_t b = 0; b < rows.size(); ++b) {
+    const std::vector<int64_t>& prefix = second.prefix_of[b] == 0 ? own : kept;
+    const int64_t n = static_cast<int64_t>(rows[b].size());
+    EXPECT_LT(rel_error(out[1].narrow(0, 2 + static_cast<int64_t>(b) * 4, n), whole_row(prefix, rows[b])), 1e-5)
+        << "row " << b;
+  }
+  // A pass that borrows what no earlier pass kept.
+  store.drop(7);
+  EXPECT_EQ(store.size(), 0u);
+  std::optional<SharedPrefixes> shared = shared_prefixes(second);
+  shared->kept = &store;
+  try {
+    llama_layer(c, w.layers[0], 0, embed_batch(c, w.embedding, second, "test"), nullptr, &*shared);
+    ADD_FAILURE() << "a prefix nobody kept";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("prefix 7 at layer 0"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(last_borrowers({second}), Error) << "borrowed before it is kept";
+  EXPECT_THROW(last_borrowers({first, first}), Error) << "kept twice";
+  std::vector<TokenBatch> two_tasks = {first, second};
+  append_batches(two_tasks, {first, second});
+  EXPECT_EQ(two_tasks[2].prefix_key, std::vector<int64_t>{15});
+  EXPECT_EQ(two_tasks[3].prefix_key, (std::vector<int64_t>{-1, 15}));
+  EXPECT_EQ(last_borrowers(two_tasks)[3], std::vector<int64_t>{15});
 }
 
 TEST(LlamaForward, HooksSeeEverySiteAndCanReplaceInputs) {

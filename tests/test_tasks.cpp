@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -173,6 +175,52 @@ TEST(TaskSpecs, WholeSplitsHaveTheirOfficialCounts) {
     EXPECT_EQ(docs.size(), n) << task;
     EXPECT_NO_THROW(build_task_requests(spec, docs, kTasksDir)) << task;  // every document reads
   }
+}
+
+// lm-eval's four MMLU groups (configs/tasks/mmlu_{stem,humanities,social_sciences,other}.yaml,
+// each mmlu.yaml with its subjects' files): they partition MMLU's questions, and a question
+// reads the same prompt, 0- or 5-shot, in its group as in MMLU.
+TEST(TaskSpecs, MmluGroupsPartitionMmlu) {
+  if (!fs::exists(kTasksDir)) GTEST_SKIP() << "no " << kTasksDir << " (the shared task data)";
+  const TaskSpec mmlu = load_task_spec(task_spec_path("mmlu"));
+  const auto all = load_task_documents(mmlu, kTasksDir);
+  const TaskRequests all_five = build_task_requests(mmlu, all, kTasksDir, 5);
+  std::map<std::string, size_t> first_of;  // the 5-shot prompt of a question's first choice -> its index
+  for (size_t d = 0; d < all.size(); ++d)
+    first_of.emplace(all_five.requests[static_cast<size_t>(all_five.first[d])].context, d);
+  struct Group {
+    std::string name;
+    size_t subjects, questions;
+  };
+  const std::vector<Group> groups = {{"mmlu_stem", 19, 3153},
+                                     {"mmlu_humanities", 13, 4705},
+                                     {"mmlu_social_sciences", 12, 3077},
+                                     {"mmlu_other", 13, 3107}};
+  std::set<std::string> subjects;
+  size_t questions = 0;
+  for (const auto& [name, count, n] : groups) {
+    SCOPED_TRACE(name);
+    const TaskSpec spec = load_task_spec(task_spec_path(name));
+    EXPECT_EQ(spec.name, name);
+    EXPECT_EQ(spec.files.size(), count);
+    EXPECT_EQ(spec.context, mmlu.context);
+    EXPECT_EQ(spec.fewshot_files, mmlu.fewshot_files);
+    EXPECT_NE(spec.sha256, mmlu.sha256);
+    for (const std::string& f : spec.files) EXPECT_TRUE(subjects.insert(f).second) << f << " in two groups";
+    const auto docs = load_task_documents(spec, kTasksDir);
+    EXPECT_EQ(docs.size(), n);
+    const TaskRequests five = build_task_requests(spec, docs, kTasksDir, 5);
+    for (size_t d = 0; d < docs.size(); ++d) {
+      const auto it = first_of.find(five.requests[static_cast<size_t>(five.first[d])].context);
+      ASSERT_NE(it, first_of.end()) << "document " << d << " is not an MMLU question";
+      EXPECT_EQ(docs[d], all[it->second]);
+      EXPECT_EQ(five.gold[d], all_five.gold[it->second]);
+    }
+    std::printf("[ tasks ] %s: %zu subjects, %zu questions\n", name.c_str(), count, docs.size());
+    questions += docs.size();
+  }
+  EXPECT_EQ(subjects.size(), 57u);
+  EXPECT_EQ(questions, all.size());
 }
 
 TEST(TaskTemplates, FiltersFollowPython) {
@@ -411,6 +459,41 @@ TEST(Loglikelihood, FewShotSubjectsShareTheirExamples) {
     auto [c, k] = encode_request(tok, requests[i], false);
     EXPECT_NEAR(results[i].loglikelihood, direct_loglikelihood(w, c, 1, k), 1e-4) << i;
   }
+
+  // Two questions per pass: a subject's questions span passes. Its examples are computed by
+  // its first pass and borrowed by the others (kept keys and values), so each subject's are
+  // read once; without reuse each pass reads its own copy. The scores are the same, whole
+  // model or layer by layer.
+  options.batch = 2;
+  const LoglikelihoodBatches reused = loglikelihood_batches(tok, requests, options, w.config.max_seq_len);
+  options.reuse_prefixes = false;
+  const LoglikelihoodBatches copied = loglikelihood_batches(tok, requests, options, w.config.max_seq_len);
+  ASSERT_EQ(reused.batches.size(), copied.batches.size());
+  int64_t computed = 0, borrowed = 0;
+  for (const TokenBatch& b : reused.batches) {
+    for (size_t p = 0; p < b.prefix_length.size(); ++p)
+      if (b.prefix_length[p] >= std::min(shots_length[0], shots_length[1])) {
+        const bool owned = static_cast<int64_t>(p) < b.prefix_tokens.size(0);
+        (owned ? computed : borrowed) += 1;
+      }
+  }
+  // Three groups: the first subject's four questions (two passes: computed, borrowed once),
+  // its "z?" alone (one pass), the second subject's three (two passes).
+  EXPECT_EQ(computed, 3) << "each group's prefix computed once";
+  EXPECT_EQ(borrowed, 2);
+  for (const TokenBatch& b : copied.batches) EXPECT_EQ(b.borrowed_prefixes, 0);
+  EXPECT_LT(reused.tokens(), copied.tokens() - borrowed * std::min(shots_length[0], shots_length[1]) + 1);
+  const auto with_reuse = loglikelihood_results(reused, score_batches(w, reused.batches));
+  const auto with_copies = loglikelihood_results(copied, score_batches(w, copied.batches));
+  HiddenStream stream(reused.batches);
+  stream.embed(w.config, w.embedding, w.origin);
+  for (int64_t l = 0; l < w.config.n_layers; ++l) stream.advance(w.config, w.layers[l], l);
+  const auto streamed = loglikelihood_results(reused, stream.score(w.config, w.final_norm, w.output));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_NEAR(with_reuse[i].loglikelihood, results[i].loglikelihood, 1e-5) << i;
+    EXPECT_NEAR(with_copies[i].loglikelihood, results[i].loglikelihood, 1e-5) << i;
+    EXPECT_NEAR(streamed[i].loglikelihood, with_reuse[i].loglikelihood, 1e-9) << i;
+  }
 }
 
 TEST(Loglikelihood, ContextsAreCutFromTheLeft) {
@@ -481,6 +564,19 @@ TEST(TaskSpecErrors, BadTaskFilesNameTheFileAndLine) {
   write_text(dir.file("d.jsonl"), "{\"q\": 1}\nnot json\n");
   expect_config_error([&] { load_task_documents(ok, dir.path().string()); }, {"d.jsonl:2", "not a JSON object"});
   expect_config_error([&] { task_spec_path("no_such_task"); }, {"unknown task 'no_such_task'", "piqa"});
+  // include: the other spec's keys under this file's; a missing or nested include is named.
+  write_text(dir.file("inc.yaml"), "include: ok.yaml\ntask: inc\ncontext: \"{q}?\"\n");
+  const TaskSpec inc = load_task_spec(dir.file("inc.yaml"));
+  EXPECT_EQ(inc.name, "inc");
+  EXPECT_EQ(inc.context, "{q}?");
+  EXPECT_EQ(inc.choices, ok.choices);
+  EXPECT_NE(inc.sha256, ok.sha256);
+  write_text(dir.file("gone.yaml"), "include: nowhere.yaml\ntask: gone\n");
+  expect_config_error([&] { load_task_spec(dir.file("gone.yaml")); }, {"nowhere.yaml", "cannot open"});
+  write_text(dir.file("twice.yaml"), "include: inc.yaml\ntask: twice\n");
+  expect_config_error([&] { load_task_spec(dir.file("twice.yaml")); }, {"twice.yaml", "inc.yaml", "one level only"});
+  write_text(dir.file("typo.yaml"), "include: ok.yaml\ntask: typo\ncontxt: x\n");
+  expect_config_error([&] { load_task_spec(dir.file("typo.yaml")); }, {"typo.yaml", "contxt"});
 }
 
 // An experiment naming an unknown task or a missing data folder exits 2 before anything runs.
