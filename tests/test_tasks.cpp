@@ -146,9 +146,19 @@ TEST(TaskSpecs, SmolLM2AgreesWithLmEvaluationHarness) {
       EXPECT_EQ(r.requests[i].continuation, e["continuation"].get<std::string>());
     }
     // The log-likelihoods of the first 2 documents (the prompts of all 4 are checked above).
+    // 5-shot: all 4, one question per pass, so that the first pass computes the five examples
+    // and the other three borrow them (LoglikelihoodOptions::reuse_prefixes).
+    const bool five_shot = label.find("5shot") != std::string::npos;
     LoglikelihoodOptions options;
-    options.batch = 8;
-    const size_t scored = static_cast<size_t>(r.first[2]);
+    options.batch = five_shot ? 1 : 8;
+    const size_t scored = static_cast<size_t>(five_shot ? r.requests.size() : r.first[2]);
+    if (five_shot) {
+      const std::vector<LoglikelihoodRequest> all(r.requests.begin(), r.requests.end());
+      int64_t borrowed = 0;
+      for (const TokenBatch& b : loglikelihood_batches(*tokenizer, all, options, model.config.max_seq_len).batches)
+        borrowed += b.borrowed_prefixes;
+      EXPECT_EQ(borrowed, 3);
+    }
     const std::vector<LoglikelihoodRequest> first(r.requests.begin(), r.requests.begin() + static_cast<int64_t>(scored));
     const auto results = score_loglikelihoods(model, nullptr, *tokenizer, first, options);
     for (const auto& e : expected) {
