@@ -62,3 +62,69 @@ def markdown(records):
     for record in records:
         lines.append("| " + " | ".join(str(record[c]).replace("|", "\\|") for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+# lm-evaluation-harness's four MMLU groups (configs/tasks/mmlu_*.yaml): they partition MMLU's
+# 57 subjects, so a sweep over them (one quarter of the questions per run) gives MMLU's acc
+# as their question-weighted mean.
+MMLU_GROUPS = ("mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other")
+
+
+def pooled_accuracy(parts):
+    """(acc, stderr, n) over disjoint sets of questions from each set's (acc, examples): the
+    mean over all n questions, and for that mean of 0/1 scores the sample standard error
+    sqrt(p (1 - p) / (n - 1)), which is the acc_stderr lm-eval gives the whole task."""
+    n = sum(count for _, count in parts)
+    if n < 2:
+        return math.nan, math.nan, n
+    p = sum(acc * count for acc, count in parts) / n
+    return p, math.sqrt(p * (1.0 - p) / (n - 1)), n
+
+
+def _percent(acc, stderr):
+    return "{:.2f} ± {:.2f}".format(100 * acc, 100 * stderr)
+
+
+def pooled_records(runs, whole="mmlu", parts=MMLU_GROUPS):
+    """One record per method label, seed and sweep point (eval.tasks aside) whose complete
+    runs score every part: each part's acc in %, and the whole's pooled acc ± standard error
+    with its question count; first a "full precision" record from the runs' _fp metrics."""
+    buckets = {}
+    for run in runs:
+        if run.status != "complete":
+            continue
+        point = tuple(sorted((k, v) for k, v in run.point.items() if k != "eval.tasks"))
+        bucket = buckets.setdefault((run.label, run.seed, point), {})
+        for part in parts:
+            if part + ".acc" in run.metrics:
+                bucket[part] = run.metrics
+    records, fp_points = [], {}
+    for (label, seed, point), found in buckets.items():
+        if len(found) < len(parts):
+            continue
+        for suffix, name in (("_fp", "full precision"), ("", label)):
+            if suffix and point in fp_points:
+                continue
+            record = {"label": name, "seed": seed}
+            record.update(dict(point))
+            cells = []
+            for part in parts:
+                acc, count = found[part][part + ".acc" + suffix], int(found[part][part + ".examples"])
+                record["{} ({})".format(part, count)] = "{:.2f}".format(100 * acc)
+                cells.append((acc, count))
+            acc, stderr, n = pooled_accuracy(cells)
+            record["{} ({})".format(whole, n)] = _percent(acc, stderr)
+            if suffix:
+                fp_points[point] = record
+            else:
+                records.append(record)
+    return list(fp_points.values()) + records
+
+
+if __name__ == "__main__":
+    # python3 -m analysis.tables RESULTS_DIR: MMLU pooled from its four groups' runs.
+    import sys
+
+    from .load import load_results
+
+    print(markdown(pooled_records(load_results(sys.argv[1]).runs)), end="")

@@ -9,7 +9,10 @@
 // context, a subject's questions after the same few-shot examples) are read after one
 // shared copy of that beginning (llama.h SharedPrefixes): every position attends to what it
 // would in its own row, so the numbers are those of row-by-row scoring (to rounding), for a
-// fraction of the tokens (HellaSwag ~1.9x fewer, MMLU 5-shot ~5x).
+// fraction of the tokens. A beginning whose rows fill several passes is computed by the
+// first and its keys and values borrowed by the others (SmolLM2, whole splits, batch 16:
+// HellaSwag 2.05M tokens per layer instead of 3.14M row by row, MMLU 5-shot 1.63M instead
+// of 40.6M, of 2.16M with a copy per pass).
 #pragma once
 
 #include <vector>
