@@ -86,9 +86,10 @@ def _percent(acc, stderr):
 
 
 def pooled_records(runs, whole="mmlu", parts=MMLU_GROUPS):
-    """One record per method label, seed and sweep point (eval.tasks aside) whose complete
-    runs score every part: each part's acc in %, and the whole's pooled acc ± standard error
-    with its question count; first a "full precision" record from the runs' _fp metrics."""
+    """One record per method label, seed and sweep point (eval.tasks aside) with a complete
+    run of any part: each part's acc in % ("-" where it has not run), and the whole's pooled
+    acc ± standard error over its questions once every part has; first a "full precision"
+    record per sweep point from the runs' _fp metrics."""
     buckets = {}
     for run in runs:
         if run.status != "complete":
@@ -98,27 +99,24 @@ def pooled_records(runs, whole="mmlu", parts=MMLU_GROUPS):
         for part in parts:
             if part + ".acc" in run.metrics:
                 bucket[part] = run.metrics
-    records, fp_points = [], {}
+    records, fp_records = [], {}
     for (label, seed, point), found in buckets.items():
-        if len(found) < len(parts):
-            continue
         for suffix, name in (("_fp", "full precision"), ("", label)):
-            if suffix and point in fp_points:
-                continue
             record = {"label": name, "seed": seed}
             record.update(dict(point))
             cells = []
             for part in parts:
-                acc, count = found[part][part + ".acc" + suffix], int(found[part][part + ".examples"])
-                record["{} ({})".format(part, count)] = "{:.2f}".format(100 * acc)
-                cells.append((acc, count))
-            acc, stderr, n = pooled_accuracy(cells)
-            record["{} ({})".format(whole, n)] = _percent(acc, stderr)
-            if suffix:
-                fp_points[point] = record
-            else:
+                metrics = found.get(part)
+                record[part] = "{:.2f}".format(100 * metrics[part + ".acc" + suffix]) if metrics else "-"
+                if metrics:
+                    cells.append((metrics[part + ".acc" + suffix], int(metrics[part + ".examples"])))
+            acc, stderr, n = pooled_accuracy(cells) if len(cells) == len(parts) else (math.nan, math.nan, 0)
+            record[whole] = _percent(acc, stderr) + " ({})".format(n) if n else "-"
+            if not suffix:
                 records.append(record)
-    return list(fp_points.values()) + records
+            elif len(cells) > len(fp_records.get(point, ({}, []))[1]) or point not in fp_records:
+                fp_records[point] = (record, cells)  # the one covering the most parts
+    return [record for record, _ in fp_records.values()] + records
 
 
 if __name__ == "__main__":

@@ -28,22 +28,25 @@ class PooledGroups(unittest.TestCase):
         self.assertAlmostEqual(acc, mean, places=12)
         self.assertAlmostEqual(stderr, sample_sd / math.sqrt(n), places=12)
 
-    def test_records_need_every_group_and_give_full_precision_once(self):
+    def test_records_pool_complete_methods_and_mark_missing_groups(self):
         counts = dict(zip(tables.MMLU_GROUPS, (3153, 4705, 3077, 3107)))
         runs = []
         for label, acc in (("rtn", 0.25), ("quarot", 0.30)):
             for task, n in counts.items():
                 runs.append(_run(label, task, {"acc": acc, "acc_fp": 0.20, "examples": n}))
-        runs.append(_run("duquant", "mmlu_stem", {"acc": 0.5, "acc_fp": 0.2, "examples": 3153}))  # one group only
+        runs.append(_run("duquant", "mmlu_stem", {"acc": 0.5, "acc_fp": 0.2, "examples": 3153}))  # one group so far
         runs.append(_run("spinquant", "mmlu_stem", {"acc": 0.5, "acc_fp": 0.2, "examples": 3153}, status="partial"))
         records = tables.pooled_records(runs)
-        self.assertEqual([r["label"] for r in records], ["full precision", "rtn", "quarot"])
-        self.assertEqual(records[1]["mmlu_stem (3153)"], "25.00")
+        self.assertEqual([r["label"] for r in records], ["full precision", "rtn", "quarot", "duquant"])
+        self.assertEqual(records[1]["mmlu_stem"], "25.00")
         self.assertEqual(records[1]["eval.num_fewshot"], "5")
         _, stderr, n = tables.pooled_accuracy([(0.30, c) for c in counts.values()])
         self.assertEqual(n, 14042)
-        self.assertEqual(records[2]["mmlu (14042)"], "30.00 ± {:.2f}".format(100 * stderr))
-        self.assertTrue(records[0]["mmlu (14042)"].startswith("20.00 ± "))
+        self.assertEqual(records[2]["mmlu"], "30.00 ± {:.2f} (14042)".format(100 * stderr))
+        self.assertTrue(records[0]["mmlu"].startswith("20.00 ± "))
+        self.assertEqual(records[3]["mmlu_stem"], "50.00")
+        self.assertEqual(records[3]["mmlu_humanities"], "-")
+        self.assertEqual(records[3]["mmlu"], "-")
         self.assertIn("| quarot |", tables.markdown(records))
 
 
