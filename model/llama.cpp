@@ -246,7 +246,7 @@ at::Tensor shared_prefix_attention(const LlamaConfig& c, const LlamaLayer& layer
   // Every prefix's rotated keys and values (KV heads), padded to the longest: S positions.
   std::vector<at::Tensor> keys, values;
   at::Tensor attn_pre;
-  if (own > 0) {
+  if (own > 0 && Tp > 0) {
     auto [cos, sin] = rotary_tables(Tp, c, h.options());
     Projected pre = project(c, layer, h.narrow(0, 0, own * Tp), own, Tp);
     const at::Tensor k_pre = apply_rotary(pre.k, cos, sin);
@@ -259,6 +259,10 @@ at::Tensor shared_prefix_attention(const LlamaConfig& c, const LlamaLayer& layer
     }
     keys.push_back(k_pre);
     values.push_back(pre.v);
+  } else if (own > 0) {  // owned prefixes without tokens: rows of their own beside borrowed prefixes
+    const at::Tensor none = at::zeros({own, c.n_kv_heads, 0, c.head_dim()}, h.options());
+    keys.push_back(none);
+    values.push_back(none);
   }
   int64_t S = own > 0 ? Tp : 0;
   for (int64_t p = own; p < s.prefixes; ++p) {
@@ -290,7 +294,7 @@ at::Tensor shared_prefix_attention(const LlamaConfig& c, const LlamaLayer& layer
                                                 for_every_head(c, v), masked, attention_scale(c))
                                    .transpose(1, 2)
                                    .reshape({B * T, c.q_dim()});
-  if (own == 0) return attn_rows;
+  if (own == 0 || Tp == 0) return attn_rows;
   return at::cat({attn_pre.transpose(1, 2).reshape({own * Tp, c.q_dim()}), attn_rows}, 0);
 }
 

@@ -283,6 +283,24 @@ TEST(LlamaForward, BorrowedPrefixesServeLaterPasses) {
     EXPECT_LT(rel_error(out[1].narrow(0, 2 + static_cast<int64_t>(b) * 4, n), whole_row(prefix, rows[b])), 1e-5)
         << "row " << b;
   }
+  // A row with no prefix (an owned empty one) beside a borrowed prefix, in a pass that
+  // computes no prefix tokens at all.
+  TokenBatch third;
+  third.prefix_tokens = at::zeros({1, 0}, at::kLong);
+  third.tokens = rows_tensor({{4, 2, 9}, {6, 1}}, 3);
+  third.prefix_of = {0, 1};
+  third.prefix_length = {0, 6};
+  third.prefix_key = {-1, 7};
+  third.borrowed_prefixes = 1;
+  {
+    std::optional<SharedPrefixes> shared = shared_prefixes(third);
+    shared->kept = &store;
+    at::Tensor x = embed_batch(c, w.embedding, third, "test");
+    ASSERT_EQ(x.size(0), 6);
+    for (int64_t l = 0; l < c.n_layers; ++l) x = llama_layer(c, w.layers[l], l, x, &hooks, &*shared);
+    EXPECT_LT(rel_error(x.narrow(0, 0, 3), whole_row({}, {4, 2, 9})), 1e-5);
+    EXPECT_LT(rel_error(x.narrow(0, 3, 2), whole_row(kept, {6, 1})), 1e-5);
+  }
   // A pass that borrows what no earlier pass kept.
   store.drop(7);
   EXPECT_EQ(store.size(), 0u);
