@@ -114,7 +114,7 @@ def pooled_records(runs, whole="mmlu", parts=MMLU_GROUPS):
             record[whole] = _percent(acc, stderr) + " ({})".format(n) if n else "-"
             if not suffix:
                 records.append(record)
-            elif len(cells) > len(fp_records.get(point, ({}, []))[1]) or point not in fp_records:
+            elif point not in fp_records or len(cells) > len(fp_records[point][1]):
                 fp_records[point] = (record, cells)  # the one covering the most parts
     return [record for record, _ in fp_records.values()] + records
 

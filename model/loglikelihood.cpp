@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <numeric>
 
 #include "core/error.h"
@@ -115,34 +116,26 @@ std::vector<Piece> pieces_of(const std::vector<Row>& rows, Group group, size_t i
   return out;
 }
 
-// Which pass computes each group's prefix: with reuse, a group whose pieces fall in several
-// passes has its prefix computed by the first of them (kept under the group's index as its
-// key) and borrowed by the others; otherwise every pass has its own copy.
-struct PrefixPlan {
-  std::map<size_t, size_t> first_pass;  // kept groups only
-};
-
-PrefixPlan plan_prefixes(const std::vector<std::vector<Piece>>& passes, bool reuse) {
-  std::map<size_t, size_t> first, count;
-  for (size_t i = 0; i < passes.size(); ++i)
-    for (const Piece& piece : passes[i])
-      if (piece.shared > 0 && (!first.count(piece.group) || first[piece.group] != i)) {
-        if (!first.count(piece.group)) first[piece.group] = i;
-        ++count[piece.group];
-      }
-  PrefixPlan plan;
-  if (reuse)
-    for (const auto& [group, pass] : first)
-      if (count[group] > 1) plan.first_pass[group] = pass;
-  return plan;
+// With reuse, a group whose pieces fall in several passes has its prefix computed by the
+// first of them (kept under the group's index as its key) and borrowed by the others;
+// otherwise every pass has its own copy. Returns group -> that first pass, kept groups only.
+std::map<size_t, size_t> kept_prefixes(const std::vector<std::vector<Piece>>& passes, bool reuse) {
+  std::map<size_t, size_t> first, kept;
+  for (size_t i = 0; i < passes.size() && reuse; ++i)
+    for (const Piece& piece : passes[i]) {
+      if (piece.shared == 0) continue;
+      const auto [it, fresh] = first.emplace(piece.group, i);
+      if (!fresh && it->second != i) kept.emplace(piece.group, it->second);
+    }
+  return kept;
 }
 
 // One forward pass's worth of pieces as a TokenBatch with shared prefixes (or plain rows
 // where no piece shares anything), and who owns its selected positions. Its prefixes: the
 // ones it computes (one per group; a piece without one has an empty prefix), then the ones
 // an earlier pass kept.
-void add_batch(const std::vector<Row>& rows, const std::vector<Piece>& pieces, size_t pass, const PrefixPlan& plan,
-               LoglikelihoodBatches& out) {
+void add_batch(const std::vector<Row>& rows, const std::vector<Piece>& pieces, size_t pass,
+               const std::map<size_t, size_t>& kept, LoglikelihoodBatches& out) {
   int64_t width = 0, distinct = 0, longest = 0;
   for (const Piece& p : pieces) {
     width = std::max(width, p.width);
@@ -150,29 +143,28 @@ void add_batch(const std::vector<Row>& rows, const std::vector<Piece>& pieces, s
     longest = std::max(longest, p.shared);
   }
   const bool prefixed = longest > 0;
-  const auto borrowed = [&](const Piece& p) {
-    const auto it = plan.first_pass.find(p.group);
-    return it != plan.first_pass.end() && it->second < pass;
-  };
-  // Prefix slots: owned first, then borrowed; one per group.
-  std::map<size_t, int64_t> slot_of;
+  // Prefix slots, one per group: owned first, then borrowed (kept by an earlier pass).
   std::vector<const Piece*> owned, lent;
+  std::set<size_t> seen;
   for (const Piece& p : pieces) {
-    if (slot_of.count(p.group)) continue;
-    (borrowed(p) ? lent : owned).push_back(&p);
-    slot_of[p.group] = -1;
+    if (!seen.insert(p.group).second) continue;
+    const auto it = kept.find(p.group);
+    (it != kept.end() && it->second < pass ? lent : owned).push_back(&p);
   }
+  std::map<size_t, int64_t> slot_of;
   int64_t prefix_width = 0;
-  for (const Piece* p : owned) prefix_width = std::max(prefix_width, p->shared);
-  for (size_t k = 0; k < owned.size(); ++k) slot_of[owned[k]->group] = static_cast<int64_t>(k);
-  for (size_t k = 0; k < lent.size(); ++k) slot_of[lent[k]->group] = static_cast<int64_t>(owned.size() + k);
+  for (const Piece* p : owned) {
+    prefix_width = std::max(prefix_width, p->shared);
+    slot_of.emplace(p->group, static_cast<int64_t>(slot_of.size()));
+  }
+  for (const Piece* p : lent) slot_of.emplace(p->group, static_cast<int64_t>(slot_of.size()));
 
   TokenBatch batch;
   batch.tokens = at::zeros({distinct, width}, at::kLong);
   if (prefixed) {
     batch.prefix_tokens = at::zeros({static_cast<int64_t>(owned.size()), prefix_width}, at::kLong);
     batch.borrowed_prefixes = static_cast<int64_t>(lent.size());
-    const bool keyed = !plan.first_pass.empty();
+    const bool keyed = !kept.empty();
     for (size_t k = 0; k < owned.size(); ++k) {
       const Piece& piece = *owned[k];
       const std::vector<int64_t>& first = rows[piece.rows.front()].input;
@@ -180,7 +172,7 @@ void add_batch(const std::vector<Row>& rows, const std::vector<Piece>& pieces, s
         batch.prefix_tokens[static_cast<int64_t>(k)].narrow(0, 0, piece.shared)
             .copy_(at::tensor(std::vector<int64_t>(first.begin(), first.begin() + piece.shared), at::kLong));
       batch.prefix_length.push_back(piece.shared);
-      if (keyed) batch.prefix_key.push_back(plan.first_pass.count(piece.group) ? static_cast<int64_t>(piece.group) : -1);
+      if (keyed) batch.prefix_key.push_back(kept.count(piece.group) ? static_cast<int64_t>(piece.group) : -1);
     }
     for (const Piece* piece : lent) {
       batch.prefix_length.push_back(piece->shared);
@@ -257,8 +249,8 @@ LoglikelihoodBatches loglikelihood_batches(const Tokenizer& tokenizer, const std
     passes.emplace_back(pieces.begin() + static_cast<int64_t>(start), pieces.begin() + static_cast<int64_t>(end));
     start = end;
   }
-  const PrefixPlan plan = plan_prefixes(passes, options.reuse_prefixes);
-  for (size_t i = 0; i < passes.size(); ++i) add_batch(rows, passes[i], i, plan, out);
+  const std::map<size_t, size_t> kept = kept_prefixes(passes, options.reuse_prefixes);
+  for (size_t i = 0; i < passes.size(); ++i) add_batch(rows, passes[i], i, kept, out);
   return out;
 }
 
