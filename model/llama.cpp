@@ -136,24 +136,6 @@ void PrefixKeyValues::drop(int64_t key) {
               kept_.upper_bound({key, std::numeric_limits<int64_t>::max()}));
 }
 
-at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& masked,
-                            double scale, int64_t max_score_bytes) {
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), S = k.size(2);
-  const int64_t per_head = std::max<int64_t>(1, B * T * S * static_cast<int64_t>(q.element_size()));
-  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(H, max_score_bytes / per_head));
-  std::vector<at::Tensor> parts;
-  for (int64_t h = 0; h < H; h += group) {
-    const int64_t n = std::min(group, H - h);
-    at::Tensor scores = gemm::matmul(q.narrow(1, h, n), k.narrow(1, h, n).transpose(-2, -1)) * scale;
-    scores = scores.masked_fill(masked, -std::numeric_limits<float>::infinity());
-    // The softmax in float32 whatever the compute dtype (transformers' eager attention).
-    const bool wide = scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble;
-    const at::Tensor p = wide ? at::softmax(scores, -1) : at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-    parts.push_back(gemm::matmul(p, v.narrow(1, h, n)));
-  }
-  return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
-}
-
 at::Tensor llama_forward(const LlamaWeights& weights, const at::Tensor& tokens, ForwardHooks* hooks) {
   return gemm::linear(llama_hidden(weights, tokens, hooks), weights.output);
 }
@@ -213,11 +195,6 @@ Projected project(const LlamaConfig& c, const LlamaLayer& layer, const at::Tenso
   return {q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)};
 }
 
-// Grouped-query attention: query head i reads KV head i / (n_heads / n_kv_heads).
-at::Tensor for_every_head(const LlamaConfig& c, const at::Tensor& kv) {
-  return c.n_kv_heads == c.n_heads ? kv : kv.repeat_interleave(c.n_heads / c.n_kv_heads, 1);
-}
-
 double attention_scale(const LlamaConfig& c) { return 1.0 / std::sqrt(static_cast<double>(c.head_dim())); }
 
 // Each row on its own, positions 0..T-1: B x T x dim -> B x T x (n_heads*hd).
@@ -225,9 +202,8 @@ at::Tensor self_attention(const LlamaConfig& c, const LlamaLayer& layer, const a
   const int64_t B = h.size(0), T = h.size(1);
   auto [cos, sin] = rotary_tables(T, c, h.options());
   Projected p = project(c, layer, h, B, T);
-  const at::Tensor future = at::ones({T, T}, h.options().dtype(at::kBool)).triu(1);  // t attends to <= t
-  const at::Tensor attn = causal_attention(apply_rotary(p.q, cos, sin), for_every_head(c, apply_rotary(p.k, cos, sin)),
-                                           for_every_head(c, p.v), future, attention_scale(c));
+  const at::Tensor attn =
+      prefixed_causal_attention(apply_rotary(p.q, cos, sin), apply_rotary(p.k, cos, sin), p.v, {}, 0, attention_scale(c));
   return attn.transpose(1, 2).reshape({B, T, c.q_dim()});
 }
 
@@ -250,8 +226,7 @@ at::Tensor shared_prefix_attention(const LlamaConfig& c, const LlamaLayer& layer
     auto [cos, sin] = rotary_tables(Tp, c, h.options());
     Projected pre = project(c, layer, h.narrow(0, 0, own * Tp), own, Tp);
     const at::Tensor k_pre = apply_rotary(pre.k, cos, sin);
-    attn_pre = causal_attention(apply_rotary(pre.q, cos, sin), for_every_head(c, k_pre), for_every_head(c, pre.v),
-                                at::ones({Tp, Tp}, h.options().dtype(at::kBool)).triu(1), attention_scale(c));
+    attn_pre = prefixed_causal_attention(apply_rotary(pre.q, cos, sin), k_pre, pre.v, {}, 0, attention_scale(c));
     for (int64_t p = 0; p < own && !s.keys.empty(); ++p) {
       if (s.keys[p] < 0) continue;
       const int64_t n = s.prefix_length[p].item<int64_t>();
@@ -286,12 +261,9 @@ at::Tensor shared_prefix_attention(const LlamaConfig& c, const LlamaLayer& layer
   Projected row = project(c, layer, h.narrow(0, own * Tp, B * T), B, T);
   const at::Tensor k = at::cat({k_pre.index_select(0, prefix_of), apply_rotary(row.k, cos_rows, sin_rows)}, 2);
   const at::Tensor v = at::cat({v_pre.index_select(0, prefix_of), row.v}, 2);
-  // Masked: a prefix key at or beyond the prefix's length (padding), an own key after the query.
-  const at::Tensor past_prefix = at::arange(S, start.options()).view({1, 1, S}) >= start.view({B, 1, 1});
-  const at::Tensor future = at::ones({T, T}, h.options().dtype(at::kBool)).triu(1);
-  const at::Tensor masked = at::cat({past_prefix.expand({B, T, S}), future.expand({B, T, T})}, 2).unsqueeze(1);
-  const at::Tensor attn_rows = causal_attention(apply_rotary(row.q, cos_rows, sin_rows), for_every_head(c, k),
-                                                for_every_head(c, v), masked, attention_scale(c))
+  // Row b sees its prefix's first start[b] keys (the rest is padding) and its own causally.
+  const at::Tensor attn_rows = prefixed_causal_attention(apply_rotary(row.q, cos_rows, sin_rows), k, v, start, S,
+                                                         attention_scale(c))
                                    .transpose(1, 2)
                                    .reshape({B * T, c.q_dim()});
   if (own == 0 || Tp == 0) return attn_rows;

@@ -5,6 +5,8 @@
 // converts its interleaved layout on load, so one forward serves both formats.
 #pragma once
 
+#include "model/attention.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -128,16 +130,6 @@ at::Tensor llama_hidden(const LlamaWeights& weights, const at::Tensor& tokens, F
 // attention limits (sliding window, dynamic rope), naming `origin`.
 at::Tensor llama_embed(const LlamaConfig& config, const at::Tensor& embedding, const at::Tensor& tokens,
                        const std::string& origin);
-// softmax(q k^T * scale, masked) v for q of B x H x T x hd and k, v of B x H x S x hd
-// (`masked`: true where a query may not look, T x S for every row (the causal mask: true
-// above the diagonal) or B x 1 x T x S), a group of heads at a time so that the
-// B x heads x T x S scores (three copies: product, masked, softmax) stay under
-// max_score_bytes: LLaMA-2-7B's 32 heads at T = S = 2048 would hold 0.5 GB per copy. Each
-// head is computed as it would be alone.
-constexpr int64_t kAttentionScoreBytes = 128ll << 20;
-at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& masked,
-                            double scale, int64_t max_score_bytes = kAttentionScoreBytes);
-
 // Keys and values of prefixes that later passes read again (a subject's few-shot examples:
 // computed by the subject's first pass, read by the passes of its other questions), per
 // (prefix key, layer): the rotated keys and the values at the model's KV heads, KV x n x hd.

@@ -166,6 +166,84 @@ TEST(LlamaForward, AttentionByGroupsOfHeadsEqualsAllHeadsAtOnce) {
   }
 }
 
+// Query t of row b, head i, alone: the softmax over the keys it sees (its prefix's first
+// lengths[b], then its own up to t) at KV head i / (H / KV), in double.
+at::Tensor attention_one_query_at_a_time(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const std::vector<int64_t>& lengths, int64_t W, double scale) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), group = H / k.size(1);
+  at::Tensor out = at::zeros(q.sizes(), at::kDouble);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t t = 0; t < T; ++t) {
+        const at::Tensor seen = at::cat({at::arange(lengths[b]), at::arange(W, W + t + 1)});
+        const at::Tensor keys = k[b][i / group].index_select(0, seen).to(at::kDouble);
+        const at::Tensor values = v[b][i / group].index_select(0, seen).to(at::kDouble);
+        const at::Tensor p = at::softmax(at::matmul(keys, q[b][i][t].to(at::kDouble)) * scale, 0);
+        out[b][i][t] = at::matmul(p, values);
+      }
+  return out;
+}
+
+// The fused CPU attention (float32 buffers, masks as bounds, grouped-query heads in one
+// product) against one query at a time and against the ATen reference with the mask spelled
+// out: in float32, bfloat16 and float16, with and without prefixes (of lengths W, 0 and
+// between), one own token or several, and score budgets that split the KV heads and the rows.
+TEST(Attention, FusedEqualsOneQueryAtATimeAndTheReference) {
+  at::Generator g = make_generator(5, "attention/fused");
+  const int64_t B = 3, H = 6, hd = 8;
+  for (int64_t kv_heads : {6, 2})
+    for (int64_t W : {0, 5})
+      for (int64_t T : {1, 7}) {
+        const at::Tensor q = at::randn({B, H, T, hd}, g), k = at::randn({B, kv_heads, W + T, hd}, g);
+        const at::Tensor v = at::randn({B, kv_heads, W + T, hd}, g);
+        const std::vector<int64_t> lengths = W > 0 ? std::vector<int64_t>{5, 0, 3} : std::vector<int64_t>{0, 0, 0};
+        const at::Tensor prefix_length = at::tensor(lengths, at::kLong);
+        const at::Tensor expected = attention_one_query_at_a_time(q, k, v, lengths, W, 0.4);
+        const int64_t one_kv_head = (H / kv_heads) * T * (W + T) * 4;  // bytes of one row's scores at one KV head
+        for (int64_t budget : {int64_t{1}, B * one_kv_head, int64_t{1} << 30}) {
+          SCOPED_TRACE(::testing::Message() << "KV " << kv_heads << " W " << W << " T " << T << " budget " << budget);
+          const at::Tensor fused = prefixed_causal_attention(q, k, v, prefix_length, W, 0.4, budget);
+          EXPECT_EQ(fused.scalar_type(), at::kFloat);
+          EXPECT_LT((fused.to(at::kDouble) - expected).abs().max().item<double>(), 1e-5);
+          for (at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
+            const at::Tensor q16 = q.to(dtype), k16 = k.to(dtype), v16 = v.to(dtype);
+            const at::Tensor got = prefixed_causal_attention(q16, k16, v16, prefix_length, W, 0.4, budget);
+            const at::Tensor reference = prefixed_causal_attention_reference(q16, k16, v16, prefix_length, W, 0.4);
+            EXPECT_EQ(got.scalar_type(), dtype);
+            // The same roundings as the reference; the sums' order may move a result by an ulp.
+            const double ulp = dtype == at::kBFloat16 ? 1.0 / 128 : 1.0 / 1024;
+            EXPECT_LE((got.to(at::kDouble) - reference.to(at::kDouble)).abs().max().item<double>(), 2 * ulp);
+            EXPECT_LT((got.to(at::kDouble) - expected).abs().max().item<double>(), 8 * ulp);
+          }
+        }
+      }
+}
+
+TEST(Attention, DifferentiableInputsTakeTheAtenPathAndBadShapesAreNamed) {
+  at::Generator g = make_generator(6, "attention/autograd");
+  const at::Tensor q = at::randn({2, 4, 3, 8}, g).requires_grad_(), k = at::randn({2, 2, 5, 8}, g);
+  const at::Tensor v = at::randn({2, 2, 5, 8}, g), lengths = at::tensor(std::vector<int64_t>{2, 1}, at::kLong);
+  const at::Tensor out = prefixed_causal_attention(q, k, v, lengths, 2, 0.5);
+  ASSERT_TRUE(out.requires_grad());
+  out.sum().backward();
+  EXPECT_TRUE(q.grad().defined() && q.grad().isfinite().all().item<bool>());
+  {
+    at::NoGradGuard no_grad;  // the fused path gives the same numbers
+    EXPECT_LT((prefixed_causal_attention(q, k, v, lengths, 2, 0.5) - out).abs().max().item<double>(), 1e-6);
+  }
+  auto message = [&](const at::Tensor& kk, int64_t W, const at::Tensor& lens) {
+    try {
+      prefixed_causal_attention(q.detach(), kk, kk, lens, W, 0.5);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message(at::randn({2, 3, 5, 8}), 2, lengths).find("not a multiple of the KV heads"), std::string::npos);
+  EXPECT_NE(message(k, 3, lengths).find("must hold 3 prefix keys"), std::string::npos);
+  EXPECT_NE(message(k, 2, {}).find("one prefix length per row"), std::string::npos);
+}
+
 // Rows packed after shared prefixes (SharedPrefixes: zero-shot scoring reads a context once
 // for all its choices) give at every real position the hidden state of the one row
 // (prefix + row) run alone: a Qwen3-like layer (q/k norms, biases, grouped-query), llama3
