@@ -1,5 +1,5 @@
 // sqlab's microbenchmarks (Google Benchmark): `make bench`, or build/sqlab_bench directly
-// (`--benchmark_filter=apply/` to run one group). Four groups, registered in this order
+// (`--benchmark_filter=apply/` to run one group). Five groups, registered in this order
 // (and a fifth, device/..., where a CUDA device is seen: bench/device_bench.cpp):
 //
 //   apply/...   x R on a 2048 x n float32 activation block (n = 4096, 11008): a plain copy of
@@ -18,6 +18,9 @@
 //               float32 (the reference), LibTorch's own bfloat16 kernel, the widened float32
 //               path of model/gemm.h, and gemm::linear (the path this CPU takes, its label),
 //               each with GFLOP/s and x_float32 = its time / the float32 row's.
+//   attention/...  bfloat16 attention at SmolLM2's heads for few-shot, zero-shot and window
+//               shapes: the fused CPU path of model/attention.h against the ATen reference,
+//               x_reference = the fused time / the reference's.
 //
 // Team targets (reported, not asserted): WHT apply within 2x copy, Kronecker within 3x,
 // fake quantization at half the copy bandwidth or better (x_copy <= 2).
@@ -48,6 +51,7 @@
 #include "core/system.h"
 #include "datasets/synthetic.h"
 #include "methods/builtin.h"
+#include "model/attention.h"
 #include "model/gemm.h"
 #include "quant/quant.h"
 #include "rotations/block_rotation.h"
@@ -225,6 +229,52 @@ void register_gemm16() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Attention at SmolLM2's heads (9 query heads on 3 KV heads of 64) in bfloat16: the fused CPU
+// path against the ATen reference (causal_attention, the mask spelled out) for the shapes of
+// few-shot MMLU (16 rows of T own tokens after a W-token prefix), zero-shot choices and a
+// perplexity window. x_reference: the fused time / the reference's, measured just before.
+
+struct AttentionCase {
+  std::string label;
+  int64_t rows, own, prefix;  // B, T, W
+};
+
+double& attention_reference_seconds() {
+  static double seconds = 0.0;
+  return seconds;
+}
+
+void register_attention() {
+  const std::vector<AttentionCase> cases = {{"5shot_long_prefix", 16, 150, 1500},
+                                            {"5shot_short_prefix", 16, 100, 600},
+                                            {"0shot_choices", 64, 2, 150},
+                                            {"window_512", 4, 512, 0}};
+  for (const AttentionCase& c : cases)
+    for (const bool fused : {false, true}) {
+      const std::string name = fmt::format("attention/{}/{}", c.label, fused ? "fused" : "reference");
+      benchmark::RegisterBenchmark(name.c_str(), [c, fused](benchmark::State& state) {
+        at::Generator g = make_generator(7, "bench/attention");
+        auto draw = [&](int64_t heads, int64_t keys) {
+          return at::randn({c.rows, heads, keys, 64}, g, at::kFloat).to(at::kBFloat16);
+        };
+        const at::Tensor q = draw(9, c.own), k = draw(3, c.prefix + c.own), v = draw(3, c.prefix + c.own);
+        const at::Tensor lengths = at::full({c.rows}, c.prefix * 9 / 10, at::kLong);
+        auto attend = [&] {
+          return fused ? prefixed_causal_attention(q, k, v, lengths, c.prefix, 0.125)
+                       : prefixed_causal_attention_reference(q, k, v, lengths, c.prefix, 0.125);
+        };
+        benchmark::DoNotOptimize(attend());  // warm-up
+        const double start = seconds_now();
+        for (auto _ : state) benchmark::DoNotOptimize(attend());
+        const double per_iteration = (seconds_now() - start) / static_cast<double>(state.iterations());
+        if (!fused) attention_reference_seconds() = per_iteration;
+        if (fused && attention_reference_seconds() > 0)
+          state.counters["x_reference"] = per_iteration / attention_reference_seconds();
+      })->Unit(benchmark::kMillisecond)->UseRealTime();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Rotation builds through the registry.
 
 class NullLog : public FitLog {
@@ -290,6 +340,7 @@ void register_all() {
     for (int64_t n : {1024, 4096, 11008, 14336})
       if (n <= c.max_n || large) register_build(c, n);
   register_gemm16();
+  register_attention();
   register_device_benchmarks();  // device/...: only where a CUDA device is seen
 }
 
