@@ -88,8 +88,11 @@ class ModelDataset : public Dataset {
     for (const SiteKey& key : keys) last = std::max(last, key.first);
 
     std::vector<TokenBatch> batches;
-    for (int64_t i = 0; i < windows.size(0); i += kBatch)
-      batches.push_back(TokenBatch{windows.narrow(0, i, std::min(kBatch, windows.size(0) - i)), {}, {}});
+    for (int64_t i = 0; i < windows.size(0); i += kBatch) {
+      TokenBatch batch;
+      batch.tokens = windows.narrow(0, i, std::min(kBatch, windows.size(0) - i));
+      batches.push_back(batch);
+    }
     HiddenStream stream(batches);
     stream.embed(c, source->embedding(), source->origin());
     CaptureHooks capture(keys);

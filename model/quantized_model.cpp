@@ -184,8 +184,10 @@ LayerwiseBuilder::LayerwiseBuilder(WeightSourcePtr source, const ModelQuantConfi
   // exact identity; causal attention makes a prefix a complete input of its own).
   const at::Tensor first_window =
       in_.calib_windows.narrow(0, 0, 1).narrow(1, 0, std::min(kCheckTokens, in_.calib_windows.size(1)));
-  check_fp_ = HiddenStream({TokenBatch{first_window, {}, {}}});
-  check_ = HiddenStream({TokenBatch{first_window, {}, {}}});
+  TokenBatch check_batch;
+  check_batch.tokens = first_window;
+  check_fp_ = HiddenStream({check_batch});
+  check_ = HiddenStream({check_batch});
   check_fp_.embed(c, fp_embedding_, origin());
   check_.embed(c, embedding_, origin());
   add_seconds("check", start);

@@ -558,7 +558,9 @@ TEST(CheckpointErrors, BadInputCorpusCasesFailInTheLoaders) {
                                                    ? node["message"].as<std::vector<std::string>>()
                                                    : std::vector<std::string>{node["message"].as<std::string>()};
     if (checkpoint) {
-      if (!one_file) EXPECT_NO_THROW(load_tokenizer(tok));
+      if (!one_file) {
+        EXPECT_NO_THROW(load_tokenizer(tok));
+      }
       expect_config_error([&] { load_checkpoint(model, format); }, fragments);
     } else {
       EXPECT_NO_THROW(load_checkpoint(model, format));
