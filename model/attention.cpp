@@ -159,8 +159,8 @@ at::Tensor prefixed_causal_attention_reference(const at::Tensor& q, const at::Te
 at::Tensor prefixed_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      const at::Tensor& prefix_length, int64_t W, double scale,
                                      int64_t max_score_bytes) {
-  check_attention_shapes(q, k, v, prefix_length, W);
   if (!fused_path(q, k, v)) return prefixed_causal_attention_reference(q, k, v, prefix_length, W, scale, max_score_bytes);
+  check_attention_shapes(q, k, v, prefix_length, W);  // (the reference checks its own)
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), KV = k.size(1), G = H / KV;
   const int64_t S = W + T;
   // Query head i = kv * G + g reads KV head kv: the G heads of a KV head are one product.
