@@ -13,8 +13,9 @@
 
 namespace sqlab::gemm {
 
-// How this process multiplies 16-bit CPU tensors: "native" (LibTorch's kernels, where the
-// CPU has AVX512-BF16 or AMX-BF16 dot products) or "float32" (widened, as above).
+// How this process multiplies bfloat16 CPU tensors: "native" (LibTorch's kernels, where the
+// CPU has AVX512-BF16 or AMX-BF16 dot products) or "float32" (widened, as above). float16
+// CPU tensors always take "float32": LibTorch 1.13 has no float16 CPU GEMM.
 const std::string& cpu_path16();
 
 // x W^T (+ b) and a @ b with at::linear's and at::matmul's semantics and dtypes, through

@@ -532,6 +532,14 @@ TEST(Gemm16, WidenedProductsAreTheFloat32SumRoundedOnce) {
   EXPECT_TRUE(gemm::linear(x, w, b).equal(expected)) << path;
   EXPECT_TRUE(gemm::matmul(q, k.transpose(-2, -1))
                   .equal(path == "float32" ? gemm::widened_matmul(q, k.transpose(-2, -1)) : at::matmul(q, k.transpose(-2, -1))));
+  // float16 widens on every CPU (LibTorch 1.13 has no float16 CPU GEMM to call), at shapes
+  // past the few hundred products its bmm loops over itself.
+  const at::Tensor xh = x.to(at::kHalf), wh = w.to(at::kHalf), bh = b.to(at::kHalf);
+  const at::Tensor qh = at::randn({2, 3, 40, 16}).to(at::kHalf), kh = at::randn({2, 3, 48, 16}).to(at::kHalf);
+  EXPECT_TRUE(gemm::linear(xh, wh, bh).equal(gemm::widened_linear(xh, wh, bh)));
+  const at::Tensor scores = gemm::matmul(qh, kh.transpose(-2, -1));
+  EXPECT_EQ(scores.scalar_type(), at::kHalf);
+  EXPECT_TRUE(scores.equal(gemm::widened_matmul(qh, kh.transpose(-2, -1))));
 }
 
 }  // namespace
